@@ -1,0 +1,152 @@
+"""The command line: each command turns its arguments into one call of featx's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+
+EXAMPLES = {
+    "backbones": "featx backbones",
+    "extract": "featx extract data/hymenoptera --backbone resnet50",
+    "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
+    "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
+    "demo": "featx demo",
+}
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding worker processes (default: one per CPU core, at most 16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .backbones import DEFAULT_BACKBONE, POOLS
+    from .cache import DTYPES
+    from .heads import HEADS
+
+    parser = argparse.ArgumentParser(
+        prog="featx", description="Transfer learning on cached features of a frozen pretrained CNN.")
+    parser.add_argument("--version", action="version", version=f"featx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}")
+
+    command("backbones", "list the backbones, their feature size, input size and whether their "
+                         "weights are on disk")
+
+    p = command("extract", "run a frozen backbone over an image folder once; write its features to HDF5")
+    p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
+    p.add_argument("--weights", default=None,
+                   help="state-dict file to load, or 'none' for random init (default: the "
+                        "backbone's ImageNet weights, from the torch hub cache or downloaded)")
+    p.add_argument("--pool", default="avg", choices=POOLS, help="pooling of the feature map (default avg)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored feature type")
+    p.add_argument("--out", default=None, help="a .h5 file, or a folder for the default name (default cache/)")
+    p.add_argument("--force", action="store_true", help="extract again even if the cache is up to date")
+    _runtime(p)
+
+    p = command("fit-head", "train a light classifier on cached features; write a model bundle")
+    p.add_argument("cache", help="the .h5 file `featx extract` wrote")
+    p.add_argument("--model", default="logistic", choices=list(HEADS), help="default logistic")
+    p.add_argument("--param", "-p", action="append", type=_param, default=[], metavar="KEY=VALUE",
+                   help="a parameter of the head's classifier, e.g. -p C=0.5 or -p epochs=50; repeatable")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="fraction of train held out for validation when the cache has no val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="bundle folder (default: beside the cache)")
+
+    p = command("score", "classify every image under a folder with a model bundle; write a CSV")
+    p.add_argument("folder", help="images to score, searched recursively")
+    p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
+    p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
+    p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
+    _runtime(p)
+
+    p = command("demo", "extract, fit and score scikit-learn's digits offline with the default backbone")
+    p.add_argument("--data", default="data/digits", help="where to write the digit images")
+    p.add_argument("--cache", default="cache", help="where to write features, bundle and scores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _backbones() -> None:
+    from .backbones import get_backbone, list_backbones
+    from .weights import is_on_disk
+
+    print(f"{'name':22s} {'dim':>5s} {'input':>5s}  {'weights':9s} source")
+    for name in list_backbones():
+        spec = get_backbone(name)
+        print(f"{name:22s} {spec.feature_dim():5d} {spec.preprocessing.crop_size:5d}  "
+              f"{'on disk' if is_on_disk(spec) else 'download':9s} {spec.source}")
+
+
+def run(args: argparse.Namespace) -> None:
+    import featx
+
+    if args.command == "backbones":
+        _backbones()
+    elif args.command == "extract":
+        r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
+                          out=args.out, dtype=args.dtype, device=args.device,
+                          batch_size=args.batch_size, workers=args.workers,
+                          progress=not args.no_progress, force=args.force)
+        for path, err in r.failed:
+            print(f"skipped {path}: {err}")
+        print(r.summary())
+    elif args.command == "fit-head":
+        r = featx.fit_head(args.cache, model=args.model, params=dict(args.param),
+                           val_split=args.val_split, seed=args.seed, out=args.out)
+        print(r.summary())
+    elif args.command == "score":
+        r = featx.score(args.folder, args.model, out=args.out, weights=args.weights,
+                        device=args.device, batch_size=args.batch_size, workers=args.workers,
+                        progress=not args.no_progress)
+        print(r.summary())
+    elif args.command == "demo":
+        r = featx.run_demo(args.data, args.cache, progress=not args.no_progress)
+        print(r.extract.summary())
+        print(r.fit.summary())
+        print(r.score.summary().splitlines()[0])
+        print(f"demo: digits test accuracy {r.score.accuracy:.4f} "
+              f"(validation {r.fit.metrics['val']['accuracy']:.4f})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("featx: %(message)s"))
+    logger = logging.getLogger("featx")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    from .errors import FeatxError
+
+    try:
+        run(args)
+    except FeatxError as e:
+        print(f"featx: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("featx: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `featx backbones | head`
+        sys.stderr.close()
+        return 0
+    return 0

@@ -1,0 +1,147 @@
+"""The light classifiers trained on cached features; all follow scikit-learn's estimator contract.
+
+``logistic``, ``svm`` and ``knn`` are scikit-learn pipelines. ``linear`` and ``mlp`` are
+``TorchHead``: a small torch network whose first layer standardises its input, so the fitted
+module alone maps raw features to logits (and fine-tuning can put it on top of the backbone).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import joblib
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from torch import nn
+
+from .errors import ConfigError
+
+
+class Standardize(nn.Module):
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+def head_module(n_features: int, n_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    """Standardise → Linear (``hidden`` = 0), or Standardise → Linear → ReLU → Dropout → Linear."""
+    layers: list[nn.Module] = [Standardize(torch.zeros(n_features), torch.ones(n_features))]
+    if hidden:
+        layers += [nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(hidden or n_features, n_classes))
+    return nn.Sequential(*layers)
+
+
+class TorchHead(ClassifierMixin, BaseEstimator):
+    """A dense head trained with Adam on standardised features (the recipes' Dense/Linear heads)."""
+
+    def __init__(self, hidden: int = 0, dropout: float = 0.5, epochs: int = 100, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, batch_size: int = 256, random_state: int = 0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def fit(self, X, y) -> "TorchHead":
+        X, y = check_X_y(X, y, dtype=np.float32)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be at least 1, not {self.epochs} and "
+                              f"{self.batch_size}")
+        self.classes_, targets = np.unique(y, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        g = torch.Generator().manual_seed(self.random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            self.module_ = head_module(X.shape[1], len(self.classes_), self.hidden, self.dropout)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(targets)
+        self.module_[0].mean.copy_(Xt.mean(0))
+        self.module_[0].scale.copy_(Xt.std(0, correction=0).clamp_min(1e-6))
+        opt = torch.optim.Adam(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.module_.train()
+        for _ in range(self.epochs):
+            for idx in torch.randperm(len(Xt), generator=g).split(self.batch_size):
+                opt.zero_grad()
+                nn.functional.cross_entropy(self.module_(Xt[idx]), yt[idx]).backward()
+                opt.step()
+        self.module_.eval()
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = check_array(X, dtype=np.float32)
+        with torch.inference_mode():
+            return self.module_(torch.from_numpy(X)).softmax(1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def _svm(**params) -> BaseEstimator:
+    # LinearSVC gives no probabilities; Platt scaling on 3 folds does.
+    return make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(**params), cv=3))
+
+
+HEADS: dict[str, Callable[..., BaseEstimator]] = {
+    "logistic": lambda **p: make_pipeline(StandardScaler(),
+                                          LogisticRegression(**{"max_iter": 2000, **p})),
+    "linear": lambda **p: TorchHead(**{"hidden": 0, **p}),
+    "mlp": lambda **p: TorchHead(**{"hidden": 256, **p}),
+    "svm": _svm,
+    "knn": lambda **p: make_pipeline(Normalizer(), KNeighborsClassifier(**p)),
+}
+
+
+def make_head(name: str, **params) -> BaseEstimator:
+    """A fresh, unfitted head; ``params`` go to its classifier (e.g. ``C`` for logistic)."""
+    if name not in HEADS:
+        raise ConfigError(f"unknown head {name!r}: choose one of {', '.join(HEADS)}")
+    try:
+        return HEADS[name](**params)
+    except TypeError as e:
+        raise ConfigError(f"bad parameter for the {name} head: {e}") from e
+
+
+def save_head(head: BaseEstimator, folder: Path) -> dict:
+    """Write the fitted head into ``folder``; returns what ``load_head`` needs to read it back.
+
+    Torch heads are stored as plain tensors (loaded with ``weights_only=True``), the others with
+    joblib, scikit-learn's own format.
+    """
+    if isinstance(head, TorchHead):
+        state = dict(head.module_.state_dict(), classes=torch.from_numpy(head.classes_))
+        torch.save(state, folder / "head.pt")
+        return dict(format="torch", file="head.pt", params=head.get_params(),
+                    n_features=head.n_features_in_)
+    joblib.dump(head, folder / "head.joblib")
+    return dict(format="joblib", file="head.joblib")
+
+
+def load_head(folder: Path, meta: dict) -> BaseEstimator:
+    path = folder / meta["file"]
+    if meta["format"] == "torch":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        head = TorchHead(**meta["params"])
+        head.classes_ = state.pop("classes").numpy()
+        head.n_features_in_ = meta["n_features"]
+        head.module_ = head_module(meta["n_features"], len(head.classes_), head.hidden, head.dropout)
+        head.module_.load_state_dict(state)
+        head.module_.eval()
+        return head
+    return joblib.load(path)
+

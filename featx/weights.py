@@ -1,0 +1,84 @@
+"""Where a backbone's weights come from: a local file, the torch hub cache, or a download."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from .backbones import BackboneSpec
+
+RANDOM_INIT = "random-init"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A resolved weights file and its identity (sha256); ``path`` is None for random init."""
+
+    path: Path | None
+    sha256: str
+
+    def load(self) -> dict[str, torch.Tensor]:
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_path(url: str) -> Path:
+    """Where torchvision's own loader keeps a downloaded file (honours TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def resolve(spec: "BackboneSpec", weights: str | os.PathLike | None = None) -> Weights:
+    """``weights``: a state-dict path, "none" for random init, or None for the spec's default.
+
+    The default is the packaged file, else the torch hub cache, else a download into that cache.
+    """
+    if weights is not None and str(weights) == "none":
+        return Weights(None, RANDOM_INIT)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"weights file {path} does not exist: pass the path of a saved state dict for "
+                f"{spec.name}, or leave out --weights to use its default weights")
+    elif spec.weights_file is not None:
+        path = spec.weights_file
+    else:
+        path = hub_path(spec.weights_url)
+        if not path.is_file():
+            _download(spec, path)
+    return Weights(path, sha256_file(path))
+
+
+def is_on_disk(spec: "BackboneSpec") -> bool:
+    path = spec.weights_file or hub_path(spec.weights_url)
+    return path.is_file()
+
+
+def _download(spec: "BackboneSpec", path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    try:
+        torch.hub.download_url_to_file(spec.weights_url, str(path),
+                                       hash_prefix=match.group(1) if match else None)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        reason = re.sub(r"\s+", " ", str(getattr(e, "reason", e))).strip()
+        raise WeightsUnavailableError(
+            f"cannot download the {spec.name} weights ({reason}): download {spec.weights_url} "
+            f"and put it at {path}, or pass --weights PATH") from e
