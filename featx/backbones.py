@@ -7,9 +7,9 @@ import difflib
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -45,21 +45,29 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_BUILTIN_LOADED = False
 
 
 def register(spec: BackboneSpec) -> None:
-    if spec.name in _REGISTRY:
+    """Add a backbone; a name already taken is refused rather than silently replaced."""
+    registry = _registry()
+    if spec.name in registry:
         raise ValueError(f"a backbone named {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
+    registry[spec.name] = spec
 
 
 def _registry() -> dict[str, BackboneSpec]:
-    if not _REGISTRY:
+    # Filled on first use: importing torchvision's model zoo costs seconds that `featx --help`
+    # should not pay.
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        _BUILTIN_LOADED = True
         from . import efficientnet_lite, torchvision_zoo
 
-        register(efficientnet_lite.spec())
-        for spec in torchvision_zoo.specs():
-            register(spec)
+        for spec in [efficientnet_lite.spec(), *torchvision_zoo.specs()]:
+            if spec.name in _REGISTRY:
+                raise ValueError(f"a backbone named {spec.name!r} is already registered")
+            _REGISTRY[spec.name] = spec
     return _REGISTRY
 
 
@@ -105,7 +113,7 @@ def _shapes_file() -> Path:
     return Path(torch.hub.get_dir()).parent / "featx" / name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _output_shape(spec: BackboneSpec) -> tuple[int, ...]:
     """Shape of one image's output of the tap, from a dry run on the meta device (no memory, no
     weights, no image), remembered on disk because listing all backbones costs half a minute."""

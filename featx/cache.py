@@ -175,6 +175,7 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
                 path=path, features=f["features"][()], labels=f["labels"][()],
                 paths=_strings(f["paths"]), splits=np.array(_strings(f["splits"])),
                 classes=_strings(f["classes"]), attrs=dict(f.attrs),
-                failed=list(zip(_strings(f["failed/paths"]), _strings(f["failed/errors"]))))
+                failed=list(zip(_strings(f["failed/paths"]), _strings(f["failed/errors"]),
+                                strict=True)))
     except OSError as e:
         raise CacheError(f"cannot read {path} as HDF5 ({e}): extract it again") from e

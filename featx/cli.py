@@ -28,7 +28,7 @@ def _param(text: str) -> tuple[str, object]:
 
 def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes (default: one per CPU core, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}")
+        return sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
     command("backbones", "list the backbones, their feature size, input size and whether their "
                          "weights are on disk")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "backbone's ImageNet weights, from the torch hub cache or downloaded)")
     p.add_argument("--pool", default="avg", choices=POOLS, help="pooling of the feature map (default avg)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored feature type")
-    p.add_argument("--out", default=None, help="a .h5 file, or a folder for the default name (default cache/)")
+    p.add_argument("--out", default=None,
+                   help="a .h5 file, or a folder for the default name (default cache/)")
     p.add_argument("--force", action="store_true", help="extract again even if the cache is up to date")
     _runtime(p)
 

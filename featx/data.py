@@ -165,7 +165,7 @@ class Batch:
     images: torch.Tensor | None
     failed: list[tuple[int, str]]
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         if self.images is not None:
             self.images = self.images.pin_memory()
         return self

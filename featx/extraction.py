@@ -11,16 +11,16 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import cache as cache_mod
-from .backbones import DEFAULT_BACKBONE, FeatureExtractor, load_backbone
+from .backbones import DEFAULT_BACKBONE, FeatureExtractor, check_pool, get_backbone, load_backbone
 from .data import Dataset, ImageReader, collate, scan
 from .errors import ConfigError
 
@@ -49,7 +49,7 @@ class BatchOutput:
 
 
 def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
-                batch_size: int = 64, workers: int | None = None, progress: bool = True,
+                batch_size: int = 32, workers: int | None = None, progress: bool = True,
                 desc: str = "extract") -> Iterator[BatchOutput]:
     """Features of every readable image in ``dataset``, in order, one batch at a time."""
     if batch_size < 1:
@@ -102,7 +102,7 @@ class ExtractResult:
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             weights: str | os.PathLike | None = None, pool: str = "avg",
             out: str | os.PathLike | None = None, dtype: str = "float32", device: str = "auto",
-            batch_size: int = 64, workers: int | None = None, progress: bool = True,
+            batch_size: int = 32, workers: int | None = None, progress: bool = True,
             force: bool = False) -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
@@ -111,8 +111,10 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     """
     if dtype not in cache_mod.DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(cache_mod.DTYPES)}")
-    dataset = scan(data)
+    # Settings are checked before a possibly long scan of the data, so a typo fails at once.
+    check_pool(get_backbone(backbone), pool)
     dev = resolve_device(device)
+    dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
     identity = model.identity()
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \

@@ -7,8 +7,8 @@ module alone maps raw features to logits (and fine-tuning can put it on top of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import joblib
 import numpy as np
@@ -58,7 +58,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def fit(self, X, y) -> "TorchHead":
+    def fit(self, X, y) -> TorchHead:
         X, y = check_X_y(X, y, dtype=np.float32)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be at least 1, not {self.epochs} and "
@@ -89,6 +89,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             return self.module_(torch.from_numpy(X)).softmax(1).numpy()
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 

@@ -34,7 +34,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**{k: d[k] for k in ("resize_size", "crop_size", "interpolation", "mean", "std")})
 
     def crop(self, image: Image.Image) -> torch.Tensor:

@@ -67,7 +67,7 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
 
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-          device: str = "auto", batch_size: int = 64, workers: int | None = None,
+          device: str = "auto", batch_size: int = 32, workers: int | None = None,
           progress: bool = True) -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
@@ -95,7 +95,7 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                     *(f"p_{c}" for c in b.classes), "error"])
         for batch in run_batches(model, dataset, dev, batch_size, workers, progress, desc="score"):
             proba = b.predict_proba(batch.features) if len(batch.indices) else np.empty((0, 0))
-            for i, p in zip(batch.indices, proba):
+            for i, p in zip(batch.indices, proba, strict=True):
                 s, k = dataset.samples[i], int(p.argmax())
                 counts[k] += 1
                 if s.label >= 0:
@@ -110,7 +110,7 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
 
     result = ScoreResult(csv_path, len(dataset.samples) - len(failed), len(failed),
                          time.perf_counter() - start,
-                         {c: int(n) for c, n in zip(b.classes, counts)}, failed=failed)
+                         {c: int(n) for c, n in zip(b.classes, counts, strict=True)}, failed=failed)
     if truth:
         result.accuracy = float(np.mean(np.array(truth) == np.array(guess)))
         result.n_labelled = len(truth)

@@ -8,7 +8,7 @@ their own pooled representation instead, with the classifier replaced by an iden
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from torch import nn
 from torchvision import models

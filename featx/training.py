@@ -28,12 +28,12 @@ class FitResult:
     def summary(self) -> str:
         lines = [f"{split:5s}  n={m['n']:<6d} accuracy={m['accuracy']:.4f}  loss={m['loss']:.4f}"
                  for split, m in self.metrics.items()]
-        return "\n".join(lines + [f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
+        return "\n".join([*lines, f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
 
 
 def evaluate(bundle: Bundle, X: np.ndarray, y: np.ndarray) -> dict:
     proba = bundle.predict_proba(X)
-    return dict(n=int(len(y)), accuracy=float(accuracy_score(y, proba.argmax(1))),
+    return dict(n=len(y), accuracy=float(accuracy_score(y, proba.argmax(1))),
                 loss=float(log_loss(y, proba, labels=range(len(bundle.classes)))))
 
 

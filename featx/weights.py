@@ -44,7 +44,7 @@ def hub_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def resolve(spec: "BackboneSpec", weights: str | os.PathLike | None = None) -> Weights:
+def resolve(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> Weights:
     """``weights``: a state-dict path, "none" for random init, or None for the spec's default.
 
     The default is the packaged file, else the torch hub cache, else a download into that cache.
@@ -66,12 +66,12 @@ def resolve(spec: "BackboneSpec", weights: str | os.PathLike | None = None) -> W
     return Weights(path, sha256_file(path))
 
 
-def is_on_disk(spec: "BackboneSpec") -> bool:
+def is_on_disk(spec: BackboneSpec) -> bool:
     path = spec.weights_file or hub_path(spec.weights_url)
     return path.is_file()
 
 
-def _download(spec: "BackboneSpec", path: Path) -> None:
+def _download(spec: BackboneSpec, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     match = torch.hub.HASH_REGEX.search(path.name)
     try:

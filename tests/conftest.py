@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny generated image folders, and a torch hub cache of the test's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Two classes a random-weight network still tells apart: reddish and bluish noise.
+COLOURS = {"blue": (40, 60, 200), "red": (200, 50, 40)}
+
+
+def write_image(path: Path, colour=(128, 128, 128), size=(40, 32), seed: int = 0, **save) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(colour, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save)
+    return path
+
+
+def write_folder(root: Path, splits: dict[str, int], classes=COLOURS) -> Path:
+    """``splits``: split folder name ("" for a pool) -> images per class."""
+    for split, n in splits.items():
+        for c, (name, colour) in enumerate(classes.items()):
+            for i in range(n):
+                write_image(root / split / name / f"{name}{i}.png", colour, seed=100 * c + i)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def torch_home(tmp_path_factory, monkeypatch) -> Path:
+    """Tests never read or write the user's torch hub cache (downloaded weights, shape cache)."""
+    home = tmp_path_factory.getbasetemp() / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Default outputs (cache/) land in the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    return write_folder(tmp_path / "colours", {"train": 6, "val": 3, "test": 2})
+
+
+@pytest.fixture
+def pool_folder(tmp_path) -> Path:
+    return write_folder(tmp_path / "pool", {"": 6})
+
+
+@pytest.fixture(scope="session")
+def lite0_random():
+    """The default backbone's architecture with random weights: fast, and no weights needed."""
+    import featx
+
+    return featx.load_backbone("efficientnet_lite0", weights="none")

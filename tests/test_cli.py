@@ -1,0 +1,98 @@
+"""The command line, through its entry point: exit codes, printed results, one-line errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+import featx
+from featx.cli import EXAMPLES, build_parser, main
+
+from conftest import write_folder
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_extract_fit_score_end_to_end(capsys, tmp_path):
+    data = write_folder(tmp_path / "colours", {"train": 5, "val": 3})
+    (data / "val" / "red" / "zero.jpg").write_bytes(b"")
+    fast = ("--weights", "none", "--workers", "0", "--no-progress")
+
+    code, out, err = run(capsys, "extract", str(data), *fast)
+    assert code == 0
+    cache = re.search(r"-> (\S+\.h5)$", out, re.M).group(1)
+    assert out.startswith("skipped val/red/zero.jpg: ")
+    assert re.search(r"^extracted 16 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s -> cache/colours-",
+                     out, re.M)
+    assert "featx: " in err and "16 images" not in err  # log lines go to stderr
+
+    code, out, _ = run(capsys, "extract", str(data), *fast)
+    assert (code, out) == (0, f"up to date: {cache} (16 images, 1 skipped)\n")
+
+    code, out, _ = run(capsys, "fit-head", cache, "--model", "svm", "-p", "C=0.1")
+    bundle = re.search(r"-> (\S+)$", out, re.M).group(1)
+    assert code == 0 and bundle == cache.replace(".h5", ".svm")
+    assert re.search(r"^val    n=6      accuracy=1.0000", out, re.M)
+    assert featx.load_bundle(bundle).info["params"] == {"C": 0.1}
+
+    code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
+                       "--out", "scores.csv")
+    assert code == 0
+    assert out.splitlines()[1:] == ["predicted: blue 3, red 3", "accuracy on 6 labelled images: 1.0000",
+                                    out.splitlines()[3]]
+    assert out.splitlines()[3].startswith("skipped red/zero.jpg: ")
+    assert (tmp_path / "scores.csv").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["extract", "nowhere"], "featx: error: nowhere is not a folder: give the folder that holds one "
+                             "subfolder per class\n"),
+    (["extract", ".", "--backbone", "vgg61"], "featx: error: unknown backbone 'vgg61': did you mean vgg19, "
+                                              "vgg16, vgg13? `featx backbones` lists the 81 available\n"),
+    (["fit-head", "missing.h5"], "featx: error: no feature cache at missing.h5: run `featx extract DATA` "
+                                 "first; it prints the path\n"),
+    (["score", ".", "--model", "nothing"], "featx: error: nothing is not a featx model bundle (no "
+                                           "bundle.json): give the folder that `featx fit-head` printed\n"),
+])
+def test_errors_are_one_line_with_exit_1(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bad_param_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit-head", "x.h5", "-p", "C"])
+    assert e.value.code == 2 and "expected KEY=VALUE, got 'C'" in capsys.readouterr().err
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == set(EXAMPLES)
+    for name in commands:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert f"example: {EXAMPLES[name]}" in out and f"usage: featx {name}" in out
+
+
+def test_backbones_lists_dims_inputs_and_weights(capsys):
+    code, out, _ = run(capsys, "backbones")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["name", "dim", "input", "weights", "source"]
+    assert lines[1].split()[:4] == ["efficientnet_lite0", "1280", "224", "on"]
+    vgg = next(line for line in lines if line.startswith("vgg16 "))
+    assert vgg.split()[:4] == ["vgg16", "512", "224", "download"]
+    assert len(lines) == 1 + len(featx.list_backbones())
+
+
+def test_python_dash_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "featx", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == f"featx {featx.__version__}\n"

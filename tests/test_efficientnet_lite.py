@@ -1,0 +1,68 @@
+"""The offline default backbone with its real ImageNet weights, on real photos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+import featx
+from featx import efficientnet_lite
+from featx.weights import resolve
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def package_state_dict() -> dict[str, torch.Tensor]:
+    return torch.load(efficientnet_lite.weights_file(), map_location="cpu", weights_only=True)
+
+
+def test_every_key_of_the_package_maps_onto_the_architecture(package_state_dict):
+    converted = efficientnet_lite.convert_state_dict(package_state_dict)
+    assert len(converted) == len(package_state_dict)  # nothing left behind
+    model = efficientnet_lite.EfficientNetLite0()
+    model.load_state_dict(converted, strict=True)
+    for name, tensor in model.state_dict().items():
+        assert tensor.shape == converted[name].shape, name
+
+
+def test_a_featx_state_dict_loads_as_it_is(package_state_dict):
+    converted = efficientnet_lite.convert_state_dict(package_state_dict)
+    assert efficientnet_lite.load_state_dict(converted) is converted
+
+
+def test_weights_work_offline_and_are_identified_by_hash():
+    w = resolve(featx.get_backbone("efficientnet_lite0"))
+    assert w.path == efficientnet_lite.weights_file() and len(w.sha256) == 64
+
+
+@pytest.mark.parametrize("photo, expected", [
+    ("chelsea", {"Egyptian cat", "tiger cat", "tabby"}),
+    ("coffee", {"espresso"}),
+])
+def test_real_photos_are_classified_as_imagenet_says(package_state_dict, photo, expected):
+    # Features through featx's own path (reader crop, on-device normalisation, tap, pooling),
+    # then the package's ImageNet layer: wrong preprocessing or a mis-mapped key shows here.
+    model = featx.load_backbone("efficientnet_lite0")
+    image = Image.fromarray(getattr(skimage_data, photo)())
+    x = model.preprocessing.crop(image).unsqueeze(0)
+    with torch.inference_mode():
+        logits = model(x) @ package_state_dict["_fc.weight"].T + package_state_dict["_fc.bias"]
+    top3 = {_IMAGENET_CATEGORIES[i] for i in logits[0].topk(3).indices.tolist()}
+    assert _IMAGENET_CATEGORIES[int(logits.argmax())] in expected
+    assert expected <= top3
+
+
+def test_same_padding_puts_the_odd_pixel_bottom_right():
+    # 3×3 windows, stride 2, on 4×4: TensorFlow's windows start at rows 0 and 2, torch's
+    # symmetric padding at -1 and 1, so pixel (1, 1) is in one window with one and in all four
+    # with the other.
+    conv = efficientnet_lite.SameConv2d(1, 1, kernel=3, stride=2)
+    torch.nn.init.ones_(conv.weight)
+    x = torch.zeros(1, 1, 4, 4)
+    x[..., 1, 1] = 1
+    with torch.no_grad():
+        y = conv(x)
+    assert y[0, 0].tolist() == [[1, 0], [0, 0]]

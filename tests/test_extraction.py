@@ -1,0 +1,127 @@
+"""extract(): the HDF5 cache it writes, skipping bad files, and doing no work twice."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import featx
+from featx import cache as cache_mod
+
+from conftest import write_image
+
+FAST = dict(backbone="efficientnet_lite0", weights="none", workers=0, progress=False)
+
+
+def test_the_cache_layout(split_folder, tmp_path):
+    (split_folder / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    r = featx.extract(split_folder, **FAST)
+    assert (r.n_images, r.n_failed, r.up_to_date) == (22, 1, False)
+    assert r.path.resolve().parent == tmp_path / "cache"
+    assert r.path.name.startswith("colours-efficientnet_lite0-avg-")
+    [(path, error)] = r.failed
+    assert path == "train/red/broken.jpg" and error.startswith("UnidentifiedImageError: cannot identify")
+
+    with h5py.File(r.path) as f:
+        assert f["features"].shape == (22, 1280) and f["features"].dtype == np.float32
+        assert f["features"].chunks is not None
+        assert f["classes"].asstr()[()].tolist() == ["blue", "red"]
+        paths = f["paths"].asstr()[()].tolist()
+        splits = f["splits"].asstr()[()].tolist()
+        assert paths[0] == "train/blue/blue0.png" and "train/red/broken.jpg" not in paths
+        assert splits.count("train") == 12 and splits.count("val") == 6 and splits.count("test") == 4
+        assert f["labels"][()].tolist() == [0 if p.split("/")[1] == "blue" else 1 for p in paths]
+        assert f["failed/paths"].asstr()[()].tolist() == ["train/red/broken.jpg"]
+        a = dict(f.attrs)
+    assert a["backbone"] == "efficientnet_lite0" and a["weights_sha256"] == "random-init"
+    assert a["pool"] == "avg" and a["feature_dim"] == 1280 and a["input_size"] == 224
+    assert featx.Preprocessing.from_dict(json.loads(a["preprocessing"])) == \
+        featx.get_backbone("efficientnet_lite0").preprocessing
+    assert {"featx_version", "torch_version", "torchvision_version", "created"} <= set(a)
+    assert a["complete"] and a["n_images"] == 22 and a["n_failed"] == 1
+
+
+def test_features_are_those_of_the_model(split_folder):
+    r = featx.extract(split_folder, **FAST)
+    fc = featx.open_cache(r.path)
+    model = featx.load_backbone("efficientnet_lite0", weights="none")
+    image = featx.load_rgb(split_folder / fc.paths[5])
+    expected = model(model.preprocessing.crop(image).unsqueeze(0)).numpy()[0]
+    np.testing.assert_allclose(fc.features[5], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_second_run_is_up_to_date_and_a_change_is_noticed(split_folder):
+    first = featx.extract(split_folder, **FAST)
+    mtime = first.path.stat().st_mtime_ns
+    again = featx.extract(split_folder, **FAST)
+    assert again.up_to_date and again.path == first.path and first.path.stat().st_mtime_ns == mtime
+    assert again.summary() == f"up to date: {first.path} (22 images, 0 skipped)"
+
+    write_image(split_folder / "val" / "red" / "new.png", (200, 50, 40))
+    changed = featx.extract(split_folder, **FAST)
+    assert not changed.up_to_date and changed.n_images == 23 and changed.path == first.path
+
+
+def test_float16_and_options_get_their_own_file(split_folder):
+    a = featx.extract(split_folder, **FAST)
+    b = featx.extract(split_folder, **{**FAST, "backbone": "mobilenet_v3_small"}, dtype="float16")
+    assert a.path != b.path and "-float16-" in b.path.name
+    fc = featx.open_cache(b.path)
+    assert fc.features.dtype == np.float16 and fc.features.shape == (22, 576)
+
+
+def test_out_names_the_file(split_folder, tmp_path):
+    r = featx.extract(split_folder, out=tmp_path / "mine.h5", **FAST)
+    assert r.path == tmp_path / "mine.h5" and r.path.is_file()
+
+
+def test_worker_processes_give_the_same_features(split_folder):
+    (split_folder / "val" / "blue" / "empty.png").write_bytes(b"")
+    one = featx.open_cache(featx.extract(split_folder, out="a.h5", **FAST).path)
+    two = featx.open_cache(featx.extract(split_folder, out="b.h5", batch_size=5,
+                                         **{**FAST, "workers": 2}).path)
+    assert one.paths == two.paths and one.failed == two.failed and len(one.failed) == 1
+    np.testing.assert_allclose(one.features, two.features, rtol=1e-4, atol=1e-5)
+
+
+def test_an_interrupted_run_keeps_what_it_wrote_and_no_whole_looking_file(split_folder, monkeypatch):
+    calls = []
+    write = cache_mod.CacheWriter.write
+
+    def write_then_die(self, samples, features):
+        calls.append(len(samples))
+        write(self, samples, features)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod.CacheWriter, "write", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        featx.extract(split_folder, batch_size=4, **FAST)
+    partial = next((split_folder.parent / "cache").glob("*.h5.partial"))
+    whole = partial.with_name(partial.name.removesuffix(".partial"))
+    assert not whole.exists()
+    with h5py.File(partial) as f:
+        assert f["features"].shape == (8, 1280) and not f.attrs["complete"]
+    with pytest.raises(featx.CacheError, match="is an unfinished extraction: run featx extract again"):
+        featx.open_cache(whole)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="float64"), "unknown --dtype 'float64': choose one of float32, float16"),
+    (dict(batch_size=0), "--batch-size must be at least 1, not 0"),
+    (dict(device="tpu"), "unknown device 'tpu': choose auto, cpu or cuda"),
+])
+def test_bad_settings(split_folder, kwargs, message):
+    with pytest.raises(featx.FeatxError, match=message):
+        featx.extract(split_folder, **{**FAST, **kwargs})
+
+
+def test_not_a_cache(tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"garbage")
+    with pytest.raises(featx.CacheError, match="cannot read .*x.h5 as HDF5"):
+        featx.open_cache(tmp_path / "x.h5")
+    with pytest.raises(featx.CacheError, match="no feature cache at .*y.h5: run `featx extract DATA` first"):
+        featx.open_cache(tmp_path / "y.h5")

@@ -1,0 +1,75 @@
+"""Heads are scikit-learn estimators: fit / predict / predict_proba, and they save and load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.exceptions import NotFittedError
+
+import featx
+from featx.heads import HEADS, load_head, make_head, save_head
+
+
+def _data(n_classes: int):
+    X, y = make_classification(n_samples=240, n_features=32, n_informative=12, n_classes=n_classes,
+                               n_clusters_per_class=1,
+                               class_sep=2.5, random_state=0)
+    return X.astype(np.float32) * 5 + 3, y  # not standardised, as real features are not
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("name", list(HEADS))
+def test_the_estimator_contract(name, n_classes, tmp_path):
+    X, y = _data(n_classes)
+    head = make_head(name)
+    with pytest.raises(NotFittedError):
+        head.predict(X)
+    assert head.fit(X[:180], y[:180]) is head
+    proba = head.predict_proba(X[180:])
+    assert proba.shape == (60, n_classes) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert (head.predict(X[180:]) == head.classes_[proba.argmax(1)]).all()
+    assert (head.predict(X[180:]) == y[180:]).mean() > 0.8
+    assert repr(clone(head)) == repr(head)  # clonable: __init__ only stores its arguments
+
+    meta = save_head(head, tmp_path)
+    again = load_head(tmp_path, meta)
+    np.testing.assert_allclose(again.predict_proba(X[180:]), proba, rtol=1e-6)
+
+
+def test_torch_heads_are_a_plain_module_on_raw_features():
+    X, y = _data(3)
+    head = make_head("mlp", epochs=5).fit(X, y)
+    with torch.inference_mode():
+        logits = head.module_(torch.from_numpy(X[:10]))
+    np.testing.assert_allclose(logits.softmax(1).numpy(), head.predict_proba(X[:10]), rtol=1e-6)
+
+
+def test_torch_head_training_is_seeded():
+    X, y = _data(2)
+    a, b = (make_head("linear", epochs=3).fit(X, y) for _ in range(2))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_a_torch_head_file_is_plain_tensors(tmp_path):
+    X, y = _data(2)
+    save_head(make_head("linear", epochs=2).fit(X, y), tmp_path)
+    state = torch.load(tmp_path / "head.pt", weights_only=True)
+    assert set(state) == {"0.mean", "0.scale", "1.weight", "1.bias", "classes"}
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("forest", {}, "unknown head 'forest': choose one of logistic, linear, mlp, svm, knn"),
+    ("logistic", {"gamma": 1}, "bad parameter for the logistic head: "),
+])
+def test_bad_heads_are_refused(name, params, message):
+    with pytest.raises(featx.ConfigError, match=message):
+        make_head(name, **params)
+
+
+def test_bad_torch_settings_are_refused_at_fit():
+    X, y = _data(2)
+    with pytest.raises(featx.ConfigError, match="epochs and batch_size must be at least 1, not 0 and 256"):
+        make_head("linear", epochs=0).fit(X, y)

@@ -1,0 +1,76 @@
+"""score(): a CSV row per image, accuracy where folders name classes, bad files listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+
+import featx
+
+from conftest import COLOURS, write_folder, write_image
+
+FAST = dict(workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 6, "val": 3})
+    cache = featx.extract(root, weights="none", out=root.parent / "c.h5", **FAST).path
+    return featx.fit_head(cache).bundle
+
+
+def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
+    new = write_folder(tmp_path / "new", {"": 3})
+    write_image(new / "unsorted" / "x.png", COLOURS["red"])
+    (new / "red" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    r = featx.score(new, bundle, **FAST)
+
+    assert r.csv.resolve() == tmp_path / "cache" / "scores" / f"new-{bundle.name}.csv"
+    assert (r.n_scored, r.n_failed, r.n_labelled, r.accuracy) == (7, 1, 6, 1.0)
+    assert r.predicted == {"blue": 3, "red": 4}
+    assert r.plot.is_file() and r.plot.suffix == ".png"
+    with open(r.csv) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "predicted", "label", "p_blue", "p_red", "error"]
+    by_path = {row["path"]: row for row in rows}
+    assert len(rows) == 8 and by_path["blue/blue0.png"]["predicted"] == "blue"
+    assert by_path["unsorted/x.png"]["label"] == "" and by_path["unsorted/x.png"]["predicted"] == "red"
+    assert by_path["red/bad.jpg"]["predicted"] == "" and by_path["red/bad.jpg"]["error"]
+    assert abs(float(by_path["red/red1.png"]["p_red"]) + float(by_path["red/red1.png"]["p_blue"]) - 1) < 1e-5
+    assert "skipped red/bad.jpg: " in r.summary() and "accuracy on 6 labelled images: 1.0000" in r.summary()
+
+
+def test_an_unlabelled_folder_has_no_label_column(bundle, tmp_path):
+    write_image(tmp_path / "flat" / "a.png", COLOURS["blue"])
+    r = featx.score(tmp_path / "flat", bundle, out=tmp_path / "out.csv", **FAST)
+    assert r.accuracy is None and r.plot is None and r.csv == tmp_path / "out.csv"
+    with open(r.csv) as f:
+        assert next(csv.reader(f)) == ["path", "predicted", "p_blue", "p_red", "error"]
+
+
+def test_a_bundle_whose_backbone_differs_is_refused(bundle, tmp_path):
+    doc = json.loads((bundle / "bundle.json").read_text())
+    doc["backbone"]["preprocessing"]["resize_size"] = 300
+    (tmp_path / "b").mkdir()
+    for f in bundle.iterdir():
+        (tmp_path / "b" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(doc))
+    write_image(tmp_path / "flat" / "a.png")
+    with pytest.raises(featx.BundleError, match="was fitted on features with preprocessing=.*'resize_size': "
+                                                "300.*but the backbone loaded now has preprocessing="):
+        featx.score(tmp_path / "flat", tmp_path / "b", **FAST)
+
+
+def test_not_a_bundle(tmp_path):
+    write_image(tmp_path / "flat" / "a.png")
+    with pytest.raises(featx.BundleError, match=re.escape(f"{tmp_path} is not a featx model bundle (no")):
+        featx.score(tmp_path / "flat", tmp_path, **FAST)
+
+
+def test_an_empty_folder(bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(featx.DataError, match="no images found in .*empty"):
+        featx.score(tmp_path / "empty", bundle, **FAST)
