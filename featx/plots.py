@@ -1,7 +1,9 @@
-"""Pictures of results: PNG files written with matplotlib's non-interactive backend."""
+"""Pictures of results: PNG files drawn on matplotlib Figures (no pyplot, so no GUI backend and no
+global state changed in the caller's process)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +11,12 @@ import numpy as np
 
 def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
     """Rows are true classes, columns predicted; cells show counts, colour the row fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = len(classes)
-    size = min(2 + 0.6 * n, 20)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    size = min(max(4.0, 2 + 0.6 * n), 20)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     rows = matrix.sum(1, keepdims=True)
     ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
     if n <= 30:
@@ -29,9 +29,8 @@ def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, tit
         ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, width=int(8 * (size + 1))), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

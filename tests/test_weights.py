@@ -29,7 +29,8 @@ def test_offline_and_not_cached_is_one_line_naming_url_and_destination(offline, 
     assert main(["extract", str(split_folder), "--backbone", "resnet18", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err == (f"featx: error: cannot download the resnet18 weights ([Errno -3] Temporary failure "
-                   f"in name resolution): download {spec.weights_url} and put it at {dest}, or pass --weights PATH\n")
+                   f"in name resolution): download {spec.weights_url} and put it at {dest}, or pass "
+                   f"--weights PATH\n")
 
 
 def test_hub_cache_is_used_before_any_download(offline, torch_home):
