@@ -113,13 +113,20 @@ def scan(root: str | os.PathLike) -> Dataset:
 
 
 def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) -> Dataset:
-    """Every image below ``folder``; labelled where its first subfolder is one of ``classes``."""
+    """Every image below ``folder``; labelled where its first subfolder is one of ``classes``
+    (or its second, below a split folder such as ``val/``, so a whole dataset can be scored)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder: give a folder of images to score")
     index = {c: i for i, c in enumerate(classes)}
-    samples = tuple(Sample(p, index.get(p.parts[0], -1) if len(p.parts) > 1 else -1, "")
-                    for p in find_images(folder))
+
+    def label(p: Path) -> int:
+        dirs = p.parts[:-1]
+        if dirs and dirs[0] in SPLIT_DIRS and dirs[0] not in index:
+            dirs = dirs[1:]
+        return index.get(dirs[0], -1) if dirs else -1
+
+    samples = tuple(Sample(p, label(p), "") for p in find_images(folder))
     if not samples:
         raise DataError(f"no images found in {folder} (looked for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} in any letter case)")

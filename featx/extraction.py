@@ -142,6 +142,9 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
                 failed += [(dataset.samples[i].path.as_posix(), err) for i, err in out_batch.failed]
         seconds = time.perf_counter() - start
         path = writer.commit(seconds=seconds, device=str(dev))
+    except BaseException:
+        log.warning("stopped: the features extracted so far are kept in %s", writer.partial)
+        raise
     finally:
         writer.close()
     n_failed = len(failed)

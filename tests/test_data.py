@@ -60,11 +60,11 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def test_unlabelled_folder_is_labelled_where_its_subfolders_are_classes(tmp_path):
-    for rel in ("cat/a.png", "dog/b.png", "misc/c.png", "d.png"):
+    for rel in ("cat/a.png", "dog/b.png", "misc/c.png", "d.png", "val/dog/e.png", "test/f.png"):
         write_image(tmp_path / "s" / rel)
     ds = scan_unlabelled(tmp_path / "s", ("cat", "dog"))
     assert {s.path.as_posix(): s.label for s in ds.samples} == {
-        "cat/a.png": 0, "d.png": -1, "dog/b.png": 1, "misc/c.png": -1}
+        "cat/a.png": 0, "d.png": -1, "dog/b.png": 1, "misc/c.png": -1, "test/f.png": -1, "val/dog/e.png": 1}
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:

@@ -87,7 +87,7 @@ def test_worker_processes_give_the_same_features(split_folder):
     np.testing.assert_allclose(one.features, two.features, rtol=1e-4, atol=1e-5)
 
 
-def test_an_interrupted_run_keeps_what_it_wrote_and_no_whole_looking_file(split_folder, monkeypatch):
+def test_an_interrupted_run_keeps_what_it_wrote_and_no_whole_looking_file(split_folder, monkeypatch, caplog):
     calls = []
     write = cache_mod.CacheWriter.write
 
@@ -105,6 +105,8 @@ def test_an_interrupted_run_keeps_what_it_wrote_and_no_whole_looking_file(split_
     assert not whole.exists()
     with h5py.File(partial) as f:
         assert f["features"].shape == (8, 1280) and not f.attrs["complete"]
+    kept = partial.relative_to(split_folder.parent)
+    assert caplog.messages[-1] == f"stopped: the features extracted so far are kept in {kept}"
     with pytest.raises(featx.CacheError, match="is an unfinished extraction: run featx extract again"):
         featx.open_cache(whole)
 
