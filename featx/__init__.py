@@ -8,26 +8,26 @@
 __version__ = "0.1.0"
 
 from .backbones import (
-                        DEFAULT_BACKBONE,
-                        BackboneSpec,
-                        FeatureExtractor,
-                        get_backbone,
-                        list_backbones,
-                        load_backbone,
-                        register,
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    FeatureExtractor,
+    get_backbone,
+    list_backbones,
+    load_backbone,
+    register,
 )
 from .bundle import Bundle, load_bundle
 from .cache import FeatureCache, open_cache
 from .data import load_rgb, scan
 from .demo import run_demo
 from .errors import (
-                        BundleError,
-                        CacheError,
-                        ConfigError,
-                        DataError,
-                        FeatxError,
-                        UnknownBackboneError,
-                        WeightsUnavailableError,
+    BundleError,
+    CacheError,
+    ConfigError,
+    DataError,
+    FeatxError,
+    UnknownBackboneError,
+    WeightsUnavailableError,
 )
 from .extraction import ExtractResult, extract
 from .heads import HEADS, TorchHead, make_head

@@ -50,7 +50,10 @@ _BUILTIN_LOADED = False
 
 def register(spec: BackboneSpec) -> None:
     """Add a backbone; a name already taken is refused rather than silently replaced."""
-    registry = _registry()
+    _add(_registry(), spec)
+
+
+def _add(registry: dict[str, BackboneSpec], spec: BackboneSpec) -> None:
     if spec.name in registry:
         raise ValueError(f"a backbone named {spec.name!r} is already registered")
     registry[spec.name] = spec
@@ -61,13 +64,11 @@ def _registry() -> dict[str, BackboneSpec]:
     # should not pay.
     global _BUILTIN_LOADED
     if not _BUILTIN_LOADED:
-        _BUILTIN_LOADED = True
         from . import efficientnet_lite, torchvision_zoo
 
         for spec in [efficientnet_lite.spec(), *torchvision_zoo.specs()]:
-            if spec.name in _REGISTRY:
-                raise ValueError(f"a backbone named {spec.name!r} is already registered")
-            _REGISTRY[spec.name] = spec
+            _add(_REGISTRY, spec)
+        _BUILTIN_LOADED = True
     return _REGISTRY
 
 

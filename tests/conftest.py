@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Random-weight default backbone, decoding in the main process: fast, and weights don't matter.
+FAST = {"weights": "none", "workers": 0, "progress": False}
 # Two classes a random-weight network still tells apart: reddish and bluish noise.
 COLOURS = {"blue": (40, 60, 200), "red": (200, 50, 40)}
 

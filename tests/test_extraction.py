@@ -11,9 +11,7 @@ import pytest
 import featx
 from featx import cache as cache_mod
 
-from conftest import write_image
-
-FAST = dict(backbone="efficientnet_lite0", weights="none", workers=0, progress=False)
+from conftest import FAST, write_image
 
 
 def test_the_cache_layout(split_folder, tmp_path):

@@ -10,15 +10,15 @@ import pytest
 
 import featx
 
-from conftest import COLOURS, write_folder, write_image
+from conftest import COLOURS, FAST, write_folder, write_image
 
-FAST = dict(workers=0, progress=False)
-
+# Scoring finds the random-init backbone from the bundle itself: no weights argument.
+RUN = {k: v for k, v in FAST.items() if k != "weights"}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 6, "val": 3})
-    cache = featx.extract(root, weights="none", out=root.parent / "c.h5", **FAST).path
+    cache = featx.extract(root, out=root.parent / "c.h5", **FAST).path
     return featx.fit_head(cache).bundle
 
 
@@ -26,7 +26,7 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
     new = write_folder(tmp_path / "new", {"": 3})
     write_image(new / "unsorted" / "x.png", COLOURS["red"])
     (new / "red" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
-    r = featx.score(new, bundle, **FAST)
+    r = featx.score(new, bundle, **RUN)
 
     assert r.csv.resolve() == tmp_path / "cache" / "scores" / f"new-{bundle.name}.csv"
     assert (r.n_scored, r.n_failed, r.n_labelled, r.accuracy) == (7, 1, 6, 1.0)
@@ -45,7 +45,7 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
 
 def test_an_unlabelled_folder_has_no_label_column(bundle, tmp_path):
     write_image(tmp_path / "flat" / "a.png", COLOURS["blue"])
-    r = featx.score(tmp_path / "flat", bundle, out=tmp_path / "out.csv", **FAST)
+    r = featx.score(tmp_path / "flat", bundle, out=tmp_path / "out.csv", **RUN)
     assert r.accuracy is None and r.plot is None and r.csv == tmp_path / "out.csv"
     with open(r.csv) as f:
         assert next(csv.reader(f)) == ["path", "predicted", "p_blue", "p_red", "error"]
@@ -61,16 +61,16 @@ def test_a_bundle_whose_backbone_differs_is_refused(bundle, tmp_path):
     write_image(tmp_path / "flat" / "a.png")
     with pytest.raises(featx.BundleError, match="was fitted on features with preprocessing=.*'resize_size': "
                                                 "300.*but the backbone loaded now has preprocessing="):
-        featx.score(tmp_path / "flat", tmp_path / "b", **FAST)
+        featx.score(tmp_path / "flat", tmp_path / "b", **RUN)
 
 
 def test_not_a_bundle(tmp_path):
     write_image(tmp_path / "flat" / "a.png")
     with pytest.raises(featx.BundleError, match=re.escape(f"{tmp_path} is not a featx model bundle (no")):
-        featx.score(tmp_path / "flat", tmp_path, **FAST)
+        featx.score(tmp_path / "flat", tmp_path, **RUN)
 
 
 def test_an_empty_folder(bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(featx.DataError, match="no images found in .*empty"):
-        featx.score(tmp_path / "empty", bundle, **FAST)
+        featx.score(tmp_path / "empty", bundle, **RUN)

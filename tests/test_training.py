@@ -10,9 +10,7 @@ import pytest
 import featx
 from featx.training import _split_indices
 
-from conftest import write_folder
-
-FAST = dict(backbone="efficientnet_lite0", weights="none", workers=0, progress=False)
+from conftest import FAST, write_folder
 
 
 @pytest.fixture(scope="module")
