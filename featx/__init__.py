@@ -2,6 +2,7 @@
 
     featx.extract(DATA)              -> ExtractResult (HDF5 cache of features)
     featx.fit_head(CACHE, "logistic") -> FitResult (model bundle)
+    featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
 """
 
@@ -30,6 +31,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .extraction import ExtractResult, extract
+from .finetuning import FinetuneResult, finetune
 from .heads import HEADS, TorchHead, make_head
 from .preprocessing import Preprocessing
 from .scoring import ScoreResult, score
@@ -38,8 +40,8 @@ from .training import FitResult, fit_head
 __all__ = [
     "DEFAULT_BACKBONE", "HEADS", "BackboneSpec", "Bundle", "BundleError", "CacheError",
     "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor", "FeatxError",
-    "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
-    "WeightsUnavailableError", "extract", "fit_head", "get_backbone", "list_backbones",
+    "FinetuneResult", "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
+    "WeightsUnavailableError", "extract", "finetune", "fit_head", "get_backbone", "list_backbones",
     "load_backbone", "load_bundle", "load_rgb", "make_head", "open_cache", "register", "run_demo", "scan",
     "score",
 ]

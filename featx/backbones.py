@@ -39,6 +39,8 @@ class BackboneSpec:
     weights_url: str | None = None
     weights_file: Path | None = None
     convert_state_dict: Callable[[dict], dict] = field(default=lambda sd: sd)
+    # How many of the base's top ``blocks`` fine-tuning unfreezes by default; None: the top third.
+    finetune_top: int | None = None
 
     def feature_dim(self, pool: str = "avg") -> int:
         return _feature_dim(self, check_pool(self, pool))
@@ -185,6 +187,33 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.to(self.shift.dtype) - self.shift) * self.scale
         return _pool(self.base(x), self.pool)
+
+
+def blocks(base: nn.Module) -> list[nn.Module]:
+    """The base's stages in forward order, the units ``--unfreeze top:N`` counts: its children
+    that hold parameters, looked for one level further down while there is only one."""
+    found = [base]
+    while len(found) == 1:
+        inner = [c for c in found[0].children() if next(c.parameters(), None) is not None]
+        if not inner:
+            break
+        found = inner
+    return found
+
+
+def save_weights(extractor: FeatureExtractor, path: str | os.PathLike) -> weights_mod.Weights:
+    """Write the extractor's (fine-tuned) base as a whole state dict of its backbone, one that
+    ``load_backbone(name, weights=path)`` reads like any downloaded weights."""
+    path = Path(path)
+    model = extractor.spec.build()
+    # The state dict shares storage with the parameters, so it sees the values loaded through the
+    # tap; and it still holds what the tap drops (the classifier), so it loads strictly.
+    whole = model.state_dict()
+    extractor.spec.tap(model).load_state_dict(extractor.base.state_dict())
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(whole, tmp)
+    os.replace(tmp, path)
+    return weights_mod.Weights(path, weights_mod.sha256_file(path))
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,

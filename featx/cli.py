@@ -11,6 +11,7 @@ EXAMPLES = {
     "backbones": "featx backbones",
     "extract": "featx extract data/hymenoptera --backbone resnet50",
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
+    "finetune": "featx finetune data/pets --from cache/pets-efficientnet_lite0-avg-0123456789.logistic",
     "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
     "demo": "featx demo",
 }
@@ -36,6 +37,7 @@ def _runtime(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .augmentation import AUGMENTATIONS
     from .backbones import DEFAULT_BACKBONE, POOLS
     from .cache import DTYPES
     from .heads import HEADS
@@ -74,6 +76,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of train held out for validation when the cache has no val split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="bundle folder (default: beside the cache)")
+
+    p = command("finetune", "fine-tune the top of the backbone together with a fitted head; write a "
+                            "new bundle")
+    p.add_argument("data", help="the image folder the head's cache was extracted from")
+    p.add_argument("--from", dest="source", required=True, metavar="BUNDLE",
+                   help="the bundle `featx fit-head` wrote (a logistic, linear or mlp head)")
+    p.add_argument("--out", default=None, help="new bundle folder (default: BUNDLE.finetuned)")
+    p.add_argument("--unfreeze", default="auto",
+                   help="top:N (the last N blocks of the base), all, none, or auto: the backbone's "
+                        "default, the top third of its blocks (default auto)")
+    p.add_argument("--train-bn", action="store_true",
+                   help="let BatchNorm re-estimate its statistics (default: kept frozen)")
+    p.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better val accuracy (default 3)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default 1e-4)")
+    p.add_argument("--lr-decay", type=float, default=1.0,
+                   help="each lower block learns at this times the rate of the one above (default 1: "
+                        "all alike)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="epochs of linear warm-up before the cosine decay (default 1)")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="clip the gradient norm to this (default 1; 0: no clipping)")
+    p.add_argument("--augment", default=",".join(AUGMENTATIONS),
+                   help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none "
+                        f"(default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune")
+    _runtime(p)
 
     p = command("score", "classify every image under a folder with a model bundle; write a CSV")
     p.add_argument("folder", help="images to score, searched recursively")
@@ -116,6 +148,15 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "fit-head":
         r = featx.fit_head(args.cache, model=args.model, params=dict(args.param),
                            val_split=args.val_split, seed=args.seed, out=args.out)
+        print(r.summary())
+    elif args.command == "finetune":
+        augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))
+        r = featx.finetune(args.data, args.source, out=args.out, unfreeze=args.unfreeze,
+                           train_bn=args.train_bn, epochs=args.epochs, batch_size=args.batch_size,
+                           lr=args.lr, lr_decay=args.lr_decay, weight_decay=args.weight_decay,
+                           warmup=args.warmup, clip=args.clip, augment=augment,
+                           patience=args.patience, seed=args.seed, resume=args.resume,
+                           device=args.device, workers=args.workers, progress=not args.no_progress)
         print(r.summary())
     elif args.command == "score":
         r = featx.score(args.folder, args.model, out=args.out, weights=args.weights,

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import DataError
-from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +151,21 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 class ImageReader(torch.utils.data.Dataset):
-    """Yields (index, uint8 tensor or None, error or None); runs inside DataLoader workers."""
+    """Yields (index, uint8 tensor or None, error or None); runs inside DataLoader workers.
 
-    def __init__(self, root: Path, paths: list[Path], preprocessing: Preprocessing):
-        self.root, self.paths, self.preprocessing = root, paths, preprocessing
+    ``transform`` turns the decoded image into the uint8 tensor: ``Preprocessing.crop`` for
+    features, a random augmentation for fine-tuning.
+    """
+
+    def __init__(self, root: Path, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor]):
+        self.root, self.paths, self.transform = root, paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.preprocessing.crop(load_rgb(self.root / self.paths[i])), None
+            return i, self.transform(load_rgb(self.root / self.paths[i])), None
         except Exception as e:  # any undecodable file is recorded and skipped, never fatal
             return i, None, f"{type(e).__name__}: {e}".splitlines()[0]
 

@@ -37,6 +37,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 where the GPU has it, else float16); none on the CPU,
+    where float32 is both exact and the fastest path for these models."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
+                          else torch.float16)
+
+
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 16)
 
@@ -56,13 +65,12 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     workers = default_workers() if workers is None else workers
     cuda = device.type == "cuda"
-    reader = ImageReader(dataset.root, [s.path for s in dataset.samples], model.preprocessing)
+    reader = ImageReader(dataset.root, [s.path for s in dataset.samples], model.preprocessing.crop)
     loader = torch.utils.data.DataLoader(
         reader, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=cuda,
         prefetch_factor=4 if workers else None)
     model = model.to(device, memory_format=torch.channels_last)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
-                               else torch.float16) if cuda else contextlib.nullcontext())
+    autocast = autocast_for(device)
     bar = tqdm(total=len(reader), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     skipped = 0
     with bar, torch.inference_mode(), autocast:

@@ -7,6 +7,7 @@ module alone maps raw features to logits (and fine-tuning can put it on top of t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
@@ -119,6 +120,42 @@ def make_head(name: str, **params) -> BaseEstimator:
         return HEADS[name](**params)
     except TypeError as e:
         raise ConfigError(f"bad parameter for the {name} head: {e}") from e
+
+
+def as_torch_head(head: BaseEstimator) -> TorchHead:
+    """The same fitted classifier as a ``TorchHead`` whose module maps raw features to logits,
+    its standardisation folded into the first linear layer: where fine-tuning starts.
+
+    Folding ``W (x - mean) / scale + b`` into ``(W / scale) x + (b - W mean / scale)`` leaves a
+    plain linear layer on the features, so the predictions are the same before any step.
+    """
+    if isinstance(head, TorchHead):
+        check_is_fitted(head)
+        out = copy.deepcopy(head)
+        mean, scale = out.module_[0].mean.double(), out.module_[0].scale.double()
+        weight, bias = out.module_[1].weight.double(), out.module_[1].bias.double()
+    elif isinstance(head, Pipeline) and [type(s) for _, s in head.steps] == [StandardScaler,
+                                                                             LogisticRegression]:
+        scaler, logistic = head[0], head[-1]
+        weight, bias = torch.from_numpy(logistic.coef_), torch.from_numpy(logistic.intercept_)
+        if len(logistic.classes_) == 2:
+            # Binary: P(class 1) = sigmoid(z), which is softmax over the logits (-z/2, z/2).
+            weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
+        out = TorchHead(hidden=0)
+        out.classes_, out.n_features_in_ = logistic.classes_, scaler.n_features_in_
+        out.module_ = head_module(out.n_features_in_, len(out.classes_), 0, 0.0)
+        mean, scale = torch.from_numpy(scaler.mean_), torch.from_numpy(scaler.scale_)
+    else:
+        raise ConfigError(f"fine-tuning starts from a logistic, linear or mlp head, not "
+                          f"{type(head).__name__}: fit one with `featx fit-head --model logistic`")
+    first = out.module_[1]
+    with torch.no_grad():
+        first.weight.copy_(weight / scale)
+        first.bias.copy_(bias - (weight / scale) @ mean)
+        out.module_[0].mean.zero_()
+        out.module_[0].scale.fill_(1.0)
+    out.module_.eval()
+    return out
 
 
 def save_head(head: BaseEstimator, folder: Path) -> dict:

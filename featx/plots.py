@@ -34,3 +34,27 @@ def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, tit
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def history_png(history: list[dict], path: Path, title: str) -> Path:
+    """Loss and accuracy per epoch, train and val side by side; epoch 0 is the starting head."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10, 4))
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "o--"), ("val", "o-")):
+            points = [(h["epoch"], h[f"{split}_{metric}"]) for h in history
+                      if h.get(f"{split}_{metric}") is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=split)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -46,10 +46,12 @@ class ScoreResult:
 def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> FeatureExtractor:
     """The backbone a bundle's head was fitted on, refusing one whose features would differ."""
     ident = bundle.identity
+    # A fine-tuned bundle names its own backbone file, relative to the bundle folder.
+    known = Path(bundle.path or ".") / ident["weights_path"] if ident.get("weights_path") else None
     if weights is None and ident["weights_sha256"] == "random-init":
         weights = "none"
-    elif weights is None and ident.get("weights_path") and Path(ident["weights_path"]).is_file():
-        weights = ident["weights_path"]
+    elif weights is None and known is not None and known.is_file():
+        weights = known
     try:
         model = load_backbone(ident["backbone"], weights, ident["pool"])
     except WeightsUnavailableError as e:

@@ -31,7 +31,7 @@ def _resnet(m: nn.Module) -> nn.Module:
 
 
 def _regnet(m: nn.Module) -> nn.Module:
-    return nn.Sequential(m.stem, m.trunk_output)
+    return nn.Sequential(m.stem, *m.trunk_output)
 
 
 def _mnasnet(m: nn.Module) -> nn.Module:
@@ -74,6 +74,11 @@ _FAMILIES: dict[str, tuple[Callable[[nn.Module], nn.Module], bool]] = {
 }
 
 
+# Fine-tuning defaults that differ from the top third of the base's blocks: VGG's last
+# convolutional block (its three conv layers), as in Chollet's VGG16 fine-tuning recipe.
+_FINETUNE_TOP = {"vgg": 3}
+
+
 def _family(name: str) -> str:
     return max((p for p in _FAMILIES if name.startswith(p)), key=len)
 
@@ -106,4 +111,4 @@ def specs() -> Iterator[BackboneSpec]:
         yield BackboneSpec(
             name=name, source=f"torchvision {weights}", preprocessing=preprocessing_of(weights),
             build=functools.partial(_build, name), tap=tap, spatial=spatial,
-            weights_url=weights.url)
+            weights_url=weights.url, finetune_top=_FINETUNE_TOP.get(_family(name)))

@@ -31,13 +31,17 @@ class FitResult:
         return "\n".join([*lines, f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
 
 
-def evaluate(bundle: Bundle, X: np.ndarray, y: np.ndarray) -> dict:
-    proba = bundle.predict_proba(X)
+def metrics(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
+    """Number of images, accuracy and log loss: the figures every stage reports per split."""
     return dict(n=len(y), accuracy=float(accuracy_score(y, proba.argmax(1))),
-                loss=float(log_loss(y, proba, labels=range(len(bundle.classes)))))
+                loss=float(log_loss(y, proba, labels=range(n_classes))))
 
 
-def _split_indices(splits: np.ndarray, labels: np.ndarray, val_split: float, seed: int
+def evaluate(bundle: Bundle, X: np.ndarray, y: np.ndarray) -> dict:
+    return metrics(y, bundle.predict_proba(X), len(bundle.classes))
+
+
+def split_indices(splits: np.ndarray, labels: np.ndarray, val_split: float, seed: int
                    ) -> dict[str, np.ndarray]:
     parts = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
     if len(parts["val"]) == 0 and val_split > 0:
@@ -64,7 +68,7 @@ def fit_head(cache: str | os.PathLike, model: str = "logistic", params: dict | N
     start = time.perf_counter()
     fc = open_cache(cache)
     head = make_head(model, **(params or {}))
-    parts = _split_indices(fc.splits, fc.labels, val_split, seed)
+    parts = split_indices(fc.splits, fc.labels, val_split, seed)
     train = parts.get("train", np.array([], int))
     present = np.unique(fc.labels[train])
     if len(present) < 2:

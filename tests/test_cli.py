@@ -51,6 +51,28 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     assert (tmp_path / "scores.csv").is_file()
 
 
+def test_finetune_end_to_end(capsys, tmp_path):
+    data = write_folder(tmp_path / "colours", {"train": 4, "val": 2})
+    fast = ("--workers", "0", "--no-progress")
+    run(capsys, "extract", str(data), "--weights", "none", *fast)
+    code, out, _ = run(capsys, "fit-head", next((tmp_path / "cache").glob("*.h5")).as_posix())
+    bundle = re.search(r"-> (\S+)$", out, re.M).group(1)
+
+    code, out, err = run(capsys, "finetune", str(data), "--from", bundle, "--epochs", "1",
+                         "--unfreeze", "top:1", "--augment", "flip", *fast)
+    assert code == 0
+    assert "top:1 of 18 blocks unfrozen" in err and "BatchNorm statistics frozen" in err
+    assert out.splitlines()[0].split() == ["epoch", "lr", "train", "loss", "train", "acc", "val",
+                                           "loss", "val", "acc", "seconds", "img/s"]
+    assert re.search(rf"-> {re.escape(bundle)}\.finetuned$", out, re.M)
+    code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle + ".finetuned", *fast)
+    assert code == 0 and "accuracy on 4 labelled images" in out
+
+    code, _, err = run(capsys, "finetune", str(data), "--from", bundle, "--augment", "blur", *fast)
+    assert code == 1 and err == "featx: error: unknown augmentation blur: choose from crop, flip, " \
+                               "rotate, color (or none)\n"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["extract", "nowhere"], "featx: error: nowhere is not a folder: give the folder that holds one "
                              "subfolder per class\n"),

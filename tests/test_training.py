@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import featx
-from featx.training import _split_indices
+from featx.training import split_indices
 
 from conftest import FAST, write_folder
 
@@ -44,7 +44,7 @@ def test_a_pool_is_split_seeded_and_stratified(pool_folder):
 
     splits = np.array(["train"] * 12)
     labels = np.array([0, 1] * 6)
-    one, two = (_split_indices(splits, labels, 0.5, seed=3) for _ in range(2))
+    one, two = (split_indices(splits, labels, 0.5, seed=3) for _ in range(2))
     assert np.array_equal(one["val"], two["val"]) and np.bincount(labels[one["val"]]).tolist() == [3, 3]
 
 

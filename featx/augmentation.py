@@ -1,0 +1,49 @@
+"""Random views of training images for fine-tuning, cut to the backbone's input size.
+
+They end as uint8 tensors like ``Preprocessing.crop``'s, so the backbone's own normalisation
+(mean/std, applied beside the model) follows unchanged; validation images get the plain crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+from .errors import ConfigError
+from .preprocessing import Preprocessing
+
+AUGMENTATIONS = ("crop", "flip", "rotate", "color")
+
+
+def check_augment(augment: Collection[str]) -> tuple[str, ...]:
+    unknown = sorted(set(augment) - set(AUGMENTATIONS))
+    if unknown:
+        raise ConfigError(f"unknown augmentation {', '.join(unknown)}: choose from "
+                          f"{', '.join(AUGMENTATIONS)} (or none)")
+    return tuple(a for a in AUGMENTATIONS if a in augment)
+
+
+def train_transform(p: Preprocessing, augment: Collection[str] = AUGMENTATIONS
+                    ) -> Callable[[Image.Image], torch.Tensor]:
+    """``crop``: a random 50–100 % of the image, resized to the input size (else the plain resize
+    and centre crop); ``flip``: left-right; ``rotate``: up to ±10°; ``color``: ±20 % brightness,
+    contrast and saturation. Gentle on purpose: the weights are already good, and a fine-tune
+    runs for a few epochs, not the hundreds that strong augmentation needs to pay off."""
+    augment = check_augment(augment)
+    interpolation = InterpolationMode(p.interpolation)
+    steps: list[Callable] = []
+    if "rotate" in augment:
+        steps.append(v2.RandomRotation(10, interpolation=InterpolationMode.BILINEAR))
+    if "crop" in augment:
+        steps.append(v2.RandomResizedCrop(p.crop_size, scale=(0.5, 1.0), interpolation=interpolation,
+                                          antialias=True))
+    else:
+        steps += [v2.Resize(p.resize_size, interpolation, antialias=True), v2.CenterCrop(p.crop_size)]
+    if "flip" in augment:
+        steps.append(v2.RandomHorizontalFlip())
+    if "color" in augment:
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2))
+    return v2.Compose([*steps, v2.PILToTensor()])

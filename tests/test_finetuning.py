@@ -1,0 +1,191 @@
+"""finetune(): the head handed over unchanged, what stays frozen, resuming, and the bundle it writes."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from tqdm import tqdm
+
+import featx
+from featx import finetuning
+from featx.augmentation import train_transform
+from featx.backbones import blocks, save_weights
+from featx.data import Batch
+from featx.heads import as_torch_head
+
+from conftest import FAST, write_folder, write_image
+
+# Tiny data, one step per epoch, and a rate high enough that one step visibly moves the weights.
+TINY = {"workers": 0, "progress": False, "unfreeze": "top:2", "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A logistic bundle fitted on random-weight features of reddish and bluish noise."""
+    root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 6, "val": 3, "test": 2})
+    cache = featx.extract(root, out=root.parent / "colours.h5", **FAST).path
+    return root, featx.fit_head(cache, "logistic").bundle
+
+
+@pytest.mark.parametrize("model", ["logistic", "linear", "mlp"])
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_a_converted_head_predicts_exactly_like_the_fitted_one(model, n_classes):
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(3, 5, (120, 20)).astype(np.float32)
+    y = rng.integers(0, n_classes, 120)
+    X[:, 0] += 3 * y
+    head = featx.make_head(model, **({} if model == "logistic" else {"epochs": 3})).fit(X, y)
+    converted = as_torch_head(head)
+    np.testing.assert_allclose(converted.predict_proba(X), head.predict_proba(X), atol=1e-5)
+    assert (converted.predict(X) == head.predict(X)).all()
+    # Folded: the standardisation layer is now the identity, the first linear layer does its work.
+    assert not converted.module_[0].mean.any() and (converted.module_[0].scale == 1).all()
+
+
+def test_heads_without_a_torch_form_are_refused():
+    X, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
+    with pytest.raises(featx.ConfigError, match="starts from a logistic, linear or mlp head, not Pipeline"):
+        as_torch_head(featx.make_head("knn", n_neighbors=3).fit(X, y))
+
+
+def _one_step(model, top, train_bn):
+    """One real training step of ``finetune`` on a batch of two random images."""
+    optimizer = torch.optim.AdamW(finetuning._param_groups(model, top, 1e-2, 1.0, 0.01))
+    finetuning._train_mode(model, top, train_bn)
+    batch = Batch([0, 1], torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8), [])
+    finetuning._train_epoch(model, [batch], torch.tensor([0, 1]), optimizer,
+                            torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), 1.0,
+                            lambda step: 1.0, 0, tqdm(disable=True))
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_a_step_leaves_frozen_weights_and_batchnorm_statistics_bit_identical(train_bn):
+    model = finetuning.Classifier(featx.load_backbone(weights="none"), torch.nn.Linear(1280, 2))
+    unfreeze, top = finetuning.resolve_unfreeze("top:3", model.extractor)
+    for block in top:
+        block.requires_grad_(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _one_step(model, top, train_bn)
+
+    after = model.state_dict()
+    top_keys = {f"extractor.base.{i}." for i in range(15, 18)}
+    in_top = {k for k in after if any(k.startswith(p) for p in top_keys)}
+    stats = {k for k in after if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert unfreeze == "top:3" and in_top
+    assert not changed - in_top - {"head.weight", "head.bias"}  # nothing below the top moved
+    assert {k for k in in_top if k.endswith("0.weight")} <= changed  # every top conv learned
+    assert (changed & stats == set()) != train_bn  # statistics move only when asked to
+
+
+def test_unfreeze_choices(lite0_random):
+    n = len(blocks(lite0_random.base))
+    assert n == 18  # stem, 16 MBConv blocks, head convolution
+    assert finetuning.resolve_unfreeze("auto", lite0_random)[0] == "top:6"
+    assert finetuning.resolve_unfreeze("all", lite0_random)[0] == "top:18"
+    assert finetuning.resolve_unfreeze("none", lite0_random) == ("top:0", [])
+    assert finetuning.resolve_unfreeze("top:2", lite0_random)[1] == blocks(lite0_random.base)[-2:]
+    with pytest.raises(featx.ConfigError, match="has only 18 blocks; use top:18 or all"):
+        finetuning.resolve_unfreeze("top:19", lite0_random)
+    with pytest.raises(featx.ConfigError, match="use top:N .the last N of efficientnet_lite0's 18 blocks"):
+        finetuning.resolve_unfreeze("half", lite0_random)
+    vgg = featx.load_backbone("vgg11", weights="none")
+    assert finetuning.resolve_unfreeze("auto", vgg)[0] == "top:3"  # its last conv block
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "googlenet"])
+def test_saved_weights_load_back_as_the_same_backbone(tmp_path, name):
+    # googlenet's tap drops its classifiers: the file must still load strictly.
+    extractor = featx.load_backbone(name, weights="none")
+    with torch.no_grad():
+        next(blocks(extractor.base)[-1].parameters()).mul_(1.5)
+    w = save_weights(extractor, tmp_path / "backbone.pt")
+    again = featx.load_backbone(name, weights=w.path)
+    x = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
+    assert again.identity()["weights_sha256"] == w.sha256
+    assert torch.equal(again(x), extractor(x))
+
+
+def test_augmentations_end_as_the_backbone_input(lite0_random, tmp_path):
+    p = lite0_random.preprocessing
+    image = featx.load_rgb(write_image(tmp_path / "a.png", size=(300, 200)))
+    for augment in [("crop",), ("flip", "rotate", "color"), featx.finetuning.AUGMENTATIONS]:
+        t = train_transform(p, augment)(image)
+        assert t.dtype == torch.uint8 and t.shape == (3, 224, 224)
+    assert torch.equal(train_transform(p, ())(image), p.crop(image))  # nothing random: the plain crop
+    with pytest.raises(featx.ConfigError, match="unknown augmentation blur: choose from crop, flip"):
+        train_transform(p, ("blur",))
+
+
+def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source, tmp_path):
+    root, bundle = source
+    r = featx.finetune(root, bundle, out=tmp_path / "tuned", epochs=2, **TINY)
+    fitted = featx.load_bundle(bundle)
+    # Epoch 0 is the converted head on the backbone, before any step: the head's own figures.
+    assert r.history[0]["val_accuracy"] == fitted.metrics["val"]["accuracy"]
+    assert r.history[0]["val_loss"] == pytest.approx(fitted.metrics["val"]["loss"], rel=1e-4)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2]
+    assert all(h["train_loss"] > 0 and h["images_per_second"] > 0 for h in r.history[1:])
+    assert {m["n"] for m in r.metrics.values()} == {6, 4}  # val, then test once with the best weights
+    assert r.unfreeze == "top:2" and r.trainable + r.frozen == sum(
+        p.numel() for p in featx.load_backbone(weights="none").parameters()) + 1280 * 2 + 2
+    for name in ["bundle.json", "backbone.pt", "head.pt", "history.csv", "history.json",
+                 "history.png", "confusion_val.png"]:
+        assert (r.bundle / name).is_file(), name
+    assert not (r.bundle / finetuning.CHECKPOINT).exists()
+    assert re.search(r"val accuracy: head 1.0000 -> fine-tuned 1.0000 \(best epoch \d", r.summary())
+
+    tuned = featx.load_bundle(r.bundle)
+    assert tuned.identity["weights_path"] == "backbone.pt"
+    assert tuned.identity["weights_sha256"] != fitted.identity["weights_sha256"]
+    s = featx.score(root / "val", r.bundle, workers=0, progress=False)
+    assert s.accuracy == r.metrics["val"]["accuracy"]
+
+
+class Interrupt:
+    """Replaces ``_train_epoch``: runs it normally, except the ``at``-th call is a Ctrl-C."""
+
+    def __init__(self, at: int):
+        self.at, self.calls, self.real = at, 0, finetuning._train_epoch
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monkeypatch):
+    root, bundle = source
+    whole = featx.finetune(root, bundle, out=tmp_path / "whole", epochs=2, **TINY)
+
+    monkeypatch.setattr(finetuning, "_train_epoch", Interrupt(at=2))
+    with pytest.raises(KeyboardInterrupt):
+        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, **TINY)
+    assert (tmp_path / "cut" / finetuning.CHECKPOINT).is_file()
+    monkeypatch.undo()
+    with pytest.raises(featx.ConfigError, match="holds an unfinished fine-tune .* add --resume"):
+        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, **TINY)
+    with pytest.raises(featx.ConfigError, match="the interrupted run had lr=0.001, this one has lr=0.01"):
+        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, resume=True, **{**TINY, "lr": 1e-2})
+
+    resumed = featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, resume=True, **TINY)
+    # Epochs 2 and 3 start from epoch 1's weights, optimizer state and seeds: the same run.
+    for a, b in zip(whole.history[1:], resumed.history[1:], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-7)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-7)
+    assert whole.best_epoch == resumed.best_epoch
+
+
+def test_bad_requests_are_refused_before_any_work(source, tmp_path):
+    root, bundle = source
+    with pytest.raises(featx.ConfigError, match="nothing to resume"):
+        featx.finetune(root, bundle, out=tmp_path / "new", resume=True, **TINY)
+    with pytest.raises(featx.ConfigError, match="--lr-decay 0: must be above 0 and at most 1"):
+        featx.finetune(root, bundle, lr_decay=0, **TINY)
+    other = write_folder(tmp_path / "other", {"": 3}, classes={"cat": (0, 0, 0), "dog": (9, 9, 9)})
+    with pytest.raises(featx.DataError, match="has classes cat, dog, but the bundle .* blue, red"):
+        featx.finetune(other, bundle, **TINY)
