@@ -83,24 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="BUNDLE",
                    help="the bundle `featx fit-head` wrote (a logistic, linear or mlp head)")
     p.add_argument("--out", default=None, help="new bundle folder (default: BUNDLE.finetuned)")
-    p.add_argument("--unfreeze", default="auto",
+    p.add_argument("--unfreeze", default="auto", metavar="top:N|all|none|auto",
                    help="top:N (the last N blocks of the base), all, none, or auto: the backbone's "
                         "default, the top third of its blocks (default auto)")
     p.add_argument("--train-bn", action="store_true",
                    help="let BatchNorm re-estimate its statistics (default: kept frozen)")
-    p.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
-    p.add_argument("--patience", type=int, default=3,
+    p.add_argument("--epochs", type=int, default=10, metavar="N",
+                   help="at most this many epochs (default 10)")
+    p.add_argument("--patience", type=int, default=3, metavar="N",
                    help="stop after this many epochs without a better val accuracy (default 3)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default 1e-4)")
-    p.add_argument("--lr-decay", type=float, default=1.0,
+    p.add_argument("--lr-decay", type=float, default=1.0, metavar="F",
                    help="each lower block learns at this times the rate of the one above (default 1: "
                         "all alike)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--warmup", type=float, default=1.0,
+    p.add_argument("--weight-decay", type=float, default=0.01, metavar="F",
+                   help="AdamW weight decay (default 0.01)")
+    p.add_argument("--warmup", type=float, default=1.0, metavar="EPOCHS",
                    help="epochs of linear warm-up before the cosine decay (default 1)")
-    p.add_argument("--clip", type=float, default=1.0,
+    p.add_argument("--clip", type=float, default=1.0, metavar="NORM",
                    help="clip the gradient norm to this (default 1; 0: no clipping)")
-    p.add_argument("--augment", default=",".join(AUGMENTATIONS),
+    p.add_argument("--augment", default=",".join(AUGMENTATIONS), metavar="LIST",
                    help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none "
                         f"(default: all)")
     p.add_argument("--seed", type=int, default=0)

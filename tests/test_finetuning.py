@@ -141,7 +141,8 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     tuned = featx.load_bundle(r.bundle)
     assert tuned.identity["weights_path"] == "backbone.pt"
     assert tuned.identity["weights_sha256"] != fitted.identity["weights_sha256"]
-    s = featx.score(root / "val", r.bundle, workers=0, progress=False)
+    moved = r.bundle.rename(tmp_path / "moved")  # the bundle finds its backbone inside itself
+    s = featx.score(root / "val", moved, workers=0, progress=False)
     assert s.accuracy == r.metrics["val"]["accuracy"]
 
 
