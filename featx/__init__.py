@@ -37,8 +37,8 @@ from .training import FitResult, fit_head
 
 __all__ = [
     "DEFAULT_BACKBONE", "HEADS", "BackboneSpec", "Bundle", "BundleError", "CacheError",
-    "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor", "FeatxError",
-    "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
+    "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor",
+    "FeatxError", "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
     "WeightsUnavailableError", "extract", "fit_head", "get_backbone", "list_backbones",
     "load_backbone", "load_bundle", "load_rgb", "make_head", "open_cache", "register", "run_demo", "scan",
     "score",

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("backbones", "list the backbones, their feature size, input size and whether their "
                          "weights are on disk")
 
-    p = command("extract", "run a frozen backbone over an image folder once; write its features to HDF5")
+    p = command("extract", "run a frozen backbone over an image folder once; write its features to "
+                           "HDF5 (again: only new and changed images; after an interruption: the rest)")
     p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
     p.add_argument("--weights", default=None,
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored feature type")
     p.add_argument("--out", default=None,
                    help="a .h5 file, or a folder for the default name (default cache/)")
-    p.add_argument("--force", action="store_true", help="extract again even if the cache is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="extract every image again, ignoring the cache and any interrupted run")
     _runtime(p)
 
     p = command("fit-head", "train a light classifier on cached features; write a model bundle")
@@ -133,6 +135,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
+        stream.reconfigure(errors="backslashreplace")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("featx: %(message)s"))
     logger = logging.getLogger("featx")
@@ -151,4 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `featx backbones | head`
         sys.stderr.close()
         return 0
+    finally:  # a second call in the same process must not log to this call's stderr
+        logger.removeHandler(handler)
     return 0
