@@ -3,6 +3,7 @@
     featx.extract(DATA)              -> ExtractResult (HDF5 cache of features)
     featx.fit_head(CACHE, "logistic") -> FitResult (model bundle)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
+    featx.check(DATA)                -> CheckReport (unreadable files, duplicates, leakage)
 """
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ from .backbones import (
 )
 from .bundle import Bundle, load_bundle
 from .cache import FeatureCache, open_cache
+from .checking import CheckReport, check
 from .data import load_rgb, scan
 from .demo import run_demo
 from .errors import (
@@ -37,9 +39,9 @@ from .training import FitResult, fit_head
 
 __all__ = [
     "DEFAULT_BACKBONE", "HEADS", "BackboneSpec", "Bundle", "BundleError", "CacheError",
-    "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor",
+    "CheckReport", "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor",
     "FeatxError", "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
-    "WeightsUnavailableError", "extract", "fit_head", "get_backbone", "list_backbones",
+    "WeightsUnavailableError", "check", "extract", "fit_head", "get_backbone", "list_backbones",
     "load_backbone", "load_bundle", "load_rgb", "make_head", "open_cache", "register", "run_demo", "scan",
     "score",
 ]

@@ -9,6 +9,7 @@ import sys
 
 EXAMPLES = {
     "backbones": "featx backbones",
+    "check": "featx check data/hymenoptera",
     "extract": "featx extract data/hymenoptera --backbone resnet50",
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
     "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("backbones", "list the backbones, their feature size, input size and whether their "
                          "weights are on disk")
+
+    p = command("check", "read every image of a folder without extracting: list what extract would "
+                         "skip and why, and images whose bytes repeat (across splits: leakage)")
+    p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes (default: one per CPU core, at most 16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("extract", "run a frozen backbone over an image folder once; write its features to "
                            "HDF5 (again: only new and changed images; after an interruption: the rest)")
@@ -107,6 +115,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.command == "backbones":
         _backbones()
+    elif args.command == "check":
+        print(featx.check(args.data, workers=args.workers, progress=not args.no_progress).summary())
     elif args.command == "extract":
         r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
                           out=args.out, dtype=args.dtype, device=args.device,
