@@ -140,18 +140,21 @@ class PreviousCache:
 def previous(path: Path, identity: dict, dtype: str) -> PreviousCache | None:
     """The cache at ``path``, if it holds features made with these settings, to reuse rows of."""
     attrs = read_attrs(path)
-    if attrs is None or attrs.get("format_version") != FORMAT_VERSION:
-        if path.exists():
-            log.warning("%s is not a complete featx cache of format %d: extracting every image again",
-                        path, FORMAT_VERSION)
-        return None
-    if attrs["config_key"] != config_key(identity, dtype):
-        have, want = {**_identity(attrs), "dtype": attrs["dtype"]}, {**identity, "dtype": dtype}
-        key = mismatch(have, want)
-        log.warning("%s holds features made with %s=%s, not %s=%s: extracting every image again",
-                    path, key, have[key], key, want[key])
-        return None
-    return PreviousCache(path)
+    if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
+        if attrs["config_key"] != config_key(identity, dtype):
+            have, want = {**_identity(attrs), "dtype": attrs["dtype"]}, {**identity, "dtype": dtype}
+            key = mismatch(have, want)
+            log.warning("%s holds features made with %s=%s, not %s=%s: extracting every image again",
+                        path, key, have[key], key, want[key])
+            return None
+        try:
+            return PreviousCache(path)
+        except (OSError, KeyError, ValueError):
+            pass
+    if path.exists():
+        log.warning("%s is not a complete featx cache of format %d: extracting every image again",
+                    path, FORMAT_VERSION)
+    return None
 
 
 def _runs(pairs: list[tuple[int, int]]):

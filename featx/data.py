@@ -98,7 +98,8 @@ def _sample(root: Path, path: Path, label: int, split: str) -> Sample:
     return Sample(path, label, split, st.st_size, st.st_mtime_ns)
 
 
-def _relative(root: Path, ignored: list[tuple[Path, str]]) -> tuple[tuple[str, str], ...]:
+def _passed_over(root: Path, ignored: list[tuple[Path, str]]) -> tuple[tuple[str, str], ...]:
+    """Warn of each folder the scan passes over; return them relative to ``root``."""
     for path, why in ignored:
         log.warning("%s: %s", path, why)
     return tuple((path.relative_to(root).as_posix(), why) for path, why in ignored)
@@ -137,7 +138,7 @@ def scan(root: str | os.PathLike) -> Dataset:
                     for path, split in per_class[cls])
     order = {split: i for i, split in enumerate(SPLITS)}
     samples = tuple(sorted(samples, key=lambda s: (order[s.split], s.path)))
-    return Dataset(root=root, classes=classes, samples=samples, ignored=_relative(root, ignored))
+    return Dataset(root=root, classes=classes, samples=samples, ignored=_passed_over(root, ignored))
 
 
 def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) -> Dataset:
@@ -160,7 +161,7 @@ def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) ->
         raise DataError(f"no images found in {folder} (looked for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} in any letter case)")
     return Dataset(root=folder, classes=tuple(classes), samples=samples,
-                   ignored=_relative(folder, ignored))
+                   ignored=_passed_over(folder, ignored))
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -180,6 +181,11 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             return im.convert("RGB")
 
 
+def error_line(e: Exception) -> str:
+    """How a file that could not be read is reported: the exception's type and first line."""
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
 def _text_start(path: Path) -> str | None:
     """The first line of a file that begins as plain text (an HTML error page saved as .jpg)."""
     with open(path, "rb") as f:
@@ -192,7 +198,8 @@ def _text_start(path: Path) -> str | None:
 def read_image(path: Path) -> tuple[Image.Image, str]:
     """The image as ``load_rgb`` decodes it, and the sha256 of the file's bytes.
 
-    Raises an ``OSError`` whose message is the one-line reason for a file that is no image.
+    Raises for a file that is no usable image (``OSError`` or one of PIL's decompression-bomb
+    errors); ``error_line`` of the exception is the reason recorded for it.
     """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
@@ -225,10 +232,6 @@ class ImageReader(torch.utils.data.Dataset):
             return i, self.preprocessing.crop(image), digest, None
         except Exception as e:  # any undecodable file is recorded and skipped, never fatal
             return i, None, "", error_line(e)
-
-
-def error_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 @dataclass

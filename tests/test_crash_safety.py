@@ -40,9 +40,11 @@ def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path):
            "none", "--workers", "0", "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     partial = Path("killed.h5.partial")
+    give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
     try:
         while not list(partial.glob("shard-*.npz")):  # the run has made durable progress
             assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < give_up, "no shard after 10 minutes"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-run, holding the lock
         with pytest.raises(featx.CacheError, match=rf"^killed.h5 is being written by another featx "
