@@ -29,13 +29,13 @@ def assert_same_cache(a: featx.FeatureCache, b: featx.FeatureCache) -> None:
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory) -> featx.FeatureCache:
-    """The colours folder of conftest's split_folder, extracted without interruption."""
-    root = write_folder(tmp_path_factory.mktemp("w") / "colours", {"train": 6, "val": 3, "test": 2})
+    """Twelve images in three splits, extracted without interruption."""
+    root = write_folder(tmp_path_factory.mktemp("w") / "colours", {"train": 3, "val": 2, "test": 1})
     return featx.open_cache(featx.extract(root, out=root.parent / "whole.h5", **FAST).path)
 
 
 def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path):
-    data = write_folder(tmp_path / "many", {"": 12})
+    data = write_folder(tmp_path / "many", {"": 8})
     cmd = [sys.executable, "-m", "featx", "extract", str(data), "--out", "killed.h5", "--weights",
            "none", "--workers", "0", "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -55,8 +55,8 @@ def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and not Path("killed.h5").exists()
 
-    resumed = featx.extract(data, out="killed.h5", batch_size=2, **FAST)
-    assert 0 < resumed.n_reused < 24 and resumed.n_images == 24
+    resumed = featx.extract(data, out="killed.h5", **FAST)
+    assert 0 < resumed.n_reused < 16 and resumed.n_images == 16
     assert not partial.exists() and not Path("killed.h5.lock").exists()
     fresh = featx.extract(data, out="fresh.h5", **FAST)
     assert_same_cache(featx.open_cache(resumed.path), featx.open_cache(fresh.path))
@@ -73,7 +73,7 @@ def _full_disk_on_the_third_shard(monkeypatch):
 
     monkeypatch.setattr(partial_mod, "FLUSH_SECONDS", 0)  # a shard per batch
     monkeypatch.setattr(np, "savez", savez_or_full)
-    return 8, 14  # images kept (two batches of 4), left to extract
+    return 8, 4  # images kept (two batches of 4), left to extract
 
 
 def _full_disk_writing_the_cache(monkeypatch):
@@ -81,7 +81,7 @@ def _full_disk_writing_the_cache(monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", full)
-    return 22, 0
+    return 12, 0
 
 
 @pytest.mark.parametrize("fill", [_full_disk_on_the_third_shard, _full_disk_writing_the_cache])
@@ -115,7 +115,7 @@ def test_a_damaged_partial_is_found_out_and_only_what_it_lost_is_redone(whole, m
 
     with caplog.at_level(logging.INFO, logger="featx"):
         r = featx.extract(data, out="cut.h5", batch_size=4, **FAST)
-    assert (r.n_reused, r.n_extracted) == (8, 14)
+    assert (r.n_reused, r.n_extracted) == (8, 4)
     assert any(m.startswith("cut.h5.partial: deleted 1 shard(s) that cannot be used, e.g. "
                             "shard-000002.npz (") for m in caplog.messages)
     assert_same_cache(featx.open_cache(r.path), whole)

@@ -103,7 +103,7 @@ def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_fo
         featx.open_cache("cut.h5")
 
     caplog.set_level(logging.INFO, logger="featx")
-    r = featx.extract(split_folder, out="cut.h5", batch_size=4, **FAST)
+    r = featx.extract(split_folder, out="cut.h5", **FAST)
     assert (r.n_reused, r.n_extracted) == (8, 14) and not Path("cut.h5.partial").exists()
     assert "resuming: 8 images were already extracted in cut.h5.partial" in caplog.messages
     assert r.summary().startswith("extracted 14 images, reused 8 (0 skipped) in ")

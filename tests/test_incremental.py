@@ -12,33 +12,34 @@ import pytest
 import featx
 from featx.cache import config_key, default_path
 
-from conftest import COLOURS, FAST, ctrl_c_after, write_image
+from conftest import COLOURS, FAST, ctrl_c_after, write_folder, write_image
 
 
-def test_only_new_and_changed_images_are_extracted_in_a_fresh_scans_order(split_folder):
-    bmp = write_image(split_folder / "val" / "red" / "flat.bmp", COLOURS["red"], seed=7)
-    first = featx.open_cache(featx.extract(split_folder, out="c.h5", **FAST).path)
+def test_only_new_and_changed_images_are_extracted_in_a_fresh_scans_order(tmp_path):
+    data = write_folder(tmp_path / "colours", {"train": 3, "val": 2, "test": 1})
+    bmp = write_image(data / "val" / "red" / "flat.bmp", COLOURS["red"], seed=7)
+    first = featx.open_cache(featx.extract(data, out="c.h5", **FAST).path)
 
-    write_image(split_folder / "train" / "blue" / "blue10.png", COLOURS["blue"], seed=50)  # added
-    (split_folder / "test" / "red" / "red0.png").unlink()                                 # removed
-    write_image(split_folder / "train" / "blue" / "blue0.png", COLOURS["blue"], size=(48, 32))  # resized
+    write_image(data / "train" / "blue" / "blue10.png", COLOURS["blue"], seed=50)  # added
+    (data / "test" / "red" / "red0.png").unlink()                                 # removed
+    write_image(data / "train" / "blue" / "blue0.png", COLOURS["blue"], size=(48, 32))  # resized
     size = bmp.stat().st_size
     write_image(bmp, COLOURS["blue"], seed=8)            # other pixels, same size: told by its hash
-    touched = split_folder / "train" / "red" / "red3.png"
+    touched = data / "train" / "red" / "red2.png"
     st = touched.stat()
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, a new time
     assert bmp.stat().st_size == size
 
-    second = featx.extract(split_folder, out="c.h5", **FAST)
-    assert (second.n_images, second.n_reused, second.n_extracted) == (23, 20, 3)
-    fresh = featx.open_cache(featx.extract(split_folder, out="fresh.h5", **FAST).path)
+    second = featx.extract(data, out="c.h5", **FAST)
+    assert (second.n_images, second.n_reused, second.n_extracted) == (13, 10, 3)
+    fresh = featx.open_cache(featx.extract(data, out="fresh.h5", **FAST).path)
     again = featx.open_cache(second.path)
     assert again.paths == fresh.paths and again.paths[2] == "train/blue/blue10.png"
     np.testing.assert_allclose(again.features, fresh.features, rtol=1e-4, atol=1e-5)
     row = first.paths.index("val/red/flat.bmp")
     assert not np.allclose(first.features[row], again.features[again.paths.index("val/red/flat.bmp")])
     # The touched file's new time is recorded, so the next run need not hash it again.
-    assert featx.extract(split_folder, out="c.h5", **FAST).up_to_date
+    assert featx.extract(data, out="c.h5", **FAST).up_to_date
 
 
 CHANGES = {
@@ -65,15 +66,15 @@ def test_every_setting_that_changes_a_feature_changes_the_cache_key(lite0_random
     assert config_key(ident, "float16") != config_key(ident, "float32")
 
 
-def test_features_made_with_other_settings_are_never_reused(split_folder, monkeypatch, caplog):
-    featx.extract(split_folder, out="x.h5", **FAST)
+def test_features_made_with_other_settings_are_never_reused(pool_folder, monkeypatch, caplog):
+    featx.extract(pool_folder, out="x.h5", **FAST)
     ctrl_c_after(monkeypatch, batches=1)
     with pytest.raises(KeyboardInterrupt):  # leaves a shard of avg-pooled features
-        featx.extract(split_folder, out="y.h5", **FAST)
+        featx.extract(pool_folder, out="y.h5", **FAST)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="featx"):
-        assert featx.extract(split_folder, out="x.h5", pool="max", **FAST).n_reused == 0
-        assert featx.extract(split_folder, out="y.h5", pool="max", **FAST).n_reused == 0
+        assert featx.extract(pool_folder, out="x.h5", pool="max", **FAST).n_reused == 0
+        assert featx.extract(pool_folder, out="y.h5", pool="max", **FAST).n_reused == 0
     assert caplog.messages[0] == "x.h5 holds features made with pool=avg, not pool=max: extracting every " \
                                  "image again"
     assert caplog.messages[1].startswith("y.h5.partial: deleted 1 shard(s) that cannot be used, e.g. "
