@@ -4,6 +4,7 @@
     featx.fit_head(CACHE, "logistic") -> FitResult (model bundle)
     featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
+    featx.check(DATA)                -> CheckReport (unreadable files, duplicates, leakage)
 """
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ from .backbones import (
 )
 from .bundle import Bundle, load_bundle
 from .cache import FeatureCache, open_cache
+from .checking import CheckReport, check
 from .data import load_rgb, scan
 from .demo import run_demo
 from .errors import (
@@ -39,9 +41,10 @@ from .training import FitResult, fit_head
 
 __all__ = [
     "DEFAULT_BACKBONE", "HEADS", "BackboneSpec", "Bundle", "BundleError", "CacheError",
-    "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor", "FeatxError",
-    "FinetuneResult", "FitResult", "Preprocessing", "ScoreResult", "TorchHead", "UnknownBackboneError",
-    "WeightsUnavailableError", "extract", "finetune", "fit_head", "get_backbone", "list_backbones",
+    "CheckReport", "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor",
+    "FeatxError", "FinetuneResult", "FitResult", "Preprocessing", "ScoreResult", "TorchHead",
+    "UnknownBackboneError", "WeightsUnavailableError", "check", "extract", "finetune", "fit_head",
+    "get_backbone", "list_backbones",
     "load_backbone", "load_bundle", "load_rgb", "make_head", "open_cache", "register", "run_demo", "scan",
     "score",
 ]

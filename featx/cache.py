@@ -1,19 +1,24 @@
-"""The HDF5 feature cache: its name, its layout, writing it safely, and reading it back.
+"""The HDF5 feature cache: its name, its layout, writing it whole, and reading it back.
 
-Layout (all datasets have one row per successfully read image, in the same order):
+Layout (all row datasets have one row per successfully read image, in the same order):
 
-    /features        N × D float32 (or float16), chunked by rows
-    /labels          N int32, index into /classes
-    /paths           N str, relative to the dataset root
-    /splits          N str, "train" | "val" | "test"
-    /classes         C str
-    /failed/paths    str, images that could not be read
-    /failed/errors   str, why
-    attributes       backbone, weights_sha256, preprocessing (JSON), pool, feature_dim, ... (see
-                     ``CacheWriter``)
+    /features          N × D float32 (or float16), chunked by rows
+    /labels            N int32, index into /classes
+    /paths             N str, relative to the dataset root
+    /splits            N str, "train" | "val" | "test"
+    /files/size        N int64, bytes of the file each row was read from, when it was scanned
+    /files/mtime_ns    N int64, its modification time
+    /files/sha256      N str, the sha256 of its bytes
+    /classes           C str
+    /failed/paths      str, images that could not be read
+    /failed/errors     str, why
+    attributes         backbone, weights_sha256, preprocessing (JSON), pool, feature_dim, ... (see
+                       ``write``)
 
-A cache is written to ``NAME.h5.partial`` and renamed into place only when complete, so a file
-named ``.h5`` is always whole.
+Strings are stored as UTF-8; a file name that is not valid UTF-8 keeps its own bytes, so it is
+read back with ``errors="surrogateescape"``. A cache is only ever written whole under a temporary
+name and renamed into place (``files.durable_write``), so a file named ``.h5`` is always complete;
+unfinished work lives in ``NAME.h5.partial/`` (``partial``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +34,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .data import Dataset, Sample
+from . import __version__, reuse
+from .data import Dataset
 from .errors import CacheError
+from .files import durable_write
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: /files/*, written whole; 1 had no record of the files read
 DTYPES = ("float32", "float16")
 _STR = h5py.string_dtype("utf-8")
 # Attributes that decide what a feature is: any difference means the features differ.
@@ -56,6 +65,11 @@ def default_path(data_root: Path, identity: dict, dtype: str, out_dir: str | os.
     return Path(out_dir) / f"{'-'.join(parts)}-{short}.h5"
 
 
+def mismatch(have: dict, want: dict) -> str | None:
+    """The first setting that decides what a feature is and differs between two identities."""
+    return next((k for k in IDENTITY_KEYS if k in have and k in want and have[k] != want[k]), None)
+
+
 def _versions() -> dict:
     import torch
     import torchvision
@@ -64,64 +78,139 @@ def _versions() -> dict:
                 torchvision_version=str(torchvision.__version__))
 
 
-def _append(ds: h5py.Dataset, values) -> None:
-    n = ds.shape[0]
-    ds.resize(n + len(values), axis=0)
-    ds[n:] = values
+def _encoded(strings) -> list[bytes]:
+    return [s.encode("utf-8", "surrogateescape") for s in strings]
 
 
-class CacheWriter:
-    """Streams features into ``path.partial`` batch by batch; ``commit`` renames it into place."""
+def _strings(ds: h5py.Dataset) -> list[str]:
+    return ds.asstr(errors="surrogateescape")[()].tolist()
 
-    def __init__(self, path: Path, dataset: Dataset, identity: dict, dtype: str):
-        if dtype not in DTYPES:
-            raise CacheError(f"unknown feature dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.path, self.dataset = Path(path), dataset
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = h5py.File(self.partial, "w")
-        dim = identity["feature_dim"]
-        rows = max(1, min(len(dataset.samples), (1 << 20) // (dim * np.dtype(dtype).itemsize)))
-        self.features = self.f.create_dataset("features", (0, dim), dtype=dtype,
-                                              maxshape=(None, dim), chunks=(rows, dim))
-        self.labels = self._growing("labels", "int32")
-        self.paths = self._growing("paths", _STR)
-        self.splits = self._growing("splits", _STR)
-        self.failed_paths = self._growing("failed/paths", _STR)
-        self.failed_errors = self._growing("failed/errors", _STR)
-        self.f.create_dataset("classes", data=list(dataset.classes), dtype=_STR)
-        attrs = {k: v for k, v in identity.items() if k != "preprocessing"}
-        self.f.attrs.update(dict(
-            attrs, format_version=FORMAT_VERSION, preprocessing=json.dumps(identity["preprocessing"]),
-            dtype=dtype, config_key=config_key(identity, dtype),
-            data_root=str(dataset.root.resolve()), data_fingerprint=dataset.fingerprint(),
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            complete=False, **_versions()))
 
-    def _growing(self, name: str, dtype) -> h5py.Dataset:
-        return self.f.create_dataset(name, (0,), dtype=dtype, maxshape=(None,), chunks=(4096,))
+@dataclass(frozen=True)
+class Contents:
+    """Everything a cache holds but its features and provenance: equal contents, same cache."""
 
-    def write(self, samples: list[Sample], features: np.ndarray) -> None:
-        _append(self.features, features)
-        _append(self.labels, [s.label for s in samples])
-        _append(self.paths, [s.path.as_posix() for s in samples])
-        _append(self.splits, [s.split for s in samples])
+    classes: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    splits: tuple[str, ...]
+    size: tuple[int, ...]
+    mtime_ns: tuple[int, ...]
+    sha256: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
 
-    def fail(self, samples: list[Sample], errors: list[str]) -> None:
-        _append(self.failed_paths, [s.path.as_posix() for s in samples])
-        _append(self.failed_errors, errors)
+    @classmethod
+    def of(cls, dataset: Dataset, found: dict[int, reuse.Found], failed: dict[int, str]) -> Contents:
+        """The contents for ``dataset`` with each image either found (its row) or failed."""
+        rows = [dataset.samples[i] for i in sorted(found)]
+        return cls(classes=dataset.classes, paths=tuple(s.path.as_posix() for s in rows),
+                   labels=tuple(s.label for s in rows), splits=tuple(s.split for s in rows),
+                   size=tuple(s.size for s in rows), mtime_ns=tuple(s.mtime_ns for s in rows),
+                   sha256=tuple(found[i].sha256 for i in sorted(found)),
+                   failed=tuple((dataset.samples[i].path.as_posix(), err)
+                                for i, err in sorted(failed.items())))
 
-    def commit(self, **attrs) -> Path:
-        self.f.attrs.update(dict(attrs, complete=True, n_images=self.features.shape[0],
-                                 n_failed=self.failed_paths.shape[0]))
-        self.f.close()
-        os.replace(self.partial, self.path)
-        return self.path
+    @classmethod
+    def read(cls, f: h5py.File) -> Contents:
+        return cls(classes=tuple(_strings(f["classes"])), paths=tuple(_strings(f["paths"])),
+                   labels=tuple(f["labels"][()].tolist()), splits=tuple(_strings(f["splits"])),
+                   size=tuple(f["files/size"][()].tolist()),
+                   mtime_ns=tuple(f["files/mtime_ns"][()].tolist()),
+                   sha256=tuple(_strings(f["files/sha256"])),
+                   failed=tuple(zip(_strings(f["failed/paths"]), _strings(f["failed/errors"]),
+                                    strict=True)))
+
+
+class PreviousCache:
+    """The complete cache already at a path, as a source of rows to reuse (a ``reuse.Source``)."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, h5py.File(path, "r")
+        self.contents = Contents.read(self.file)
+        self.entries = reuse.entries(self.contents.paths, self.contents.size,
+                                     self.contents.mtime_ns, self.contents.sha256)
+
+    def features(self, start: int, stop: int) -> np.ndarray:
+        return self.file["features"][start:stop]
 
     def close(self) -> None:
-        """Close without committing: the ``.partial`` file keeps what was written."""
-        if self.f.id.valid:
-            self.f.close()
+        self.file.close()
+
+
+def previous(path: Path, identity: dict, dtype: str) -> PreviousCache | None:
+    """The cache at ``path``, if it holds features made with these settings, to reuse rows of."""
+    attrs = read_attrs(path)
+    if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
+        if attrs["config_key"] != config_key(identity, dtype):
+            have, want = {**_identity(attrs), "dtype": attrs["dtype"]}, {**identity, "dtype": dtype}
+            key = mismatch(have, want)
+            log.warning("%s holds features made with %s=%s, not %s=%s: extracting every image again",
+                        path, key, have[key], key, want[key])
+            return None
+        try:
+            return PreviousCache(path)
+        except (OSError, KeyError, ValueError):
+            pass
+    if path.exists():
+        log.warning("%s is not a complete featx cache of format %d: extracting every image again",
+                    path, FORMAT_VERSION)
+    return None
+
+
+def _runs(pairs: list[tuple[int, int]]):
+    """(row, out, n) for each stretch of consecutive rows that land on consecutive outputs."""
+    start = 0
+    for k in range(1, len(pairs) + 1):
+        if k == len(pairs) or pairs[k] != (pairs[k - 1][0] + 1, pairs[k - 1][1] + 1):
+            yield pairs[start][0], pairs[start][1], k - start
+            start = k
+
+
+def _copy_features(dst: h5py.Dataset, placed: list[reuse.Found]) -> None:
+    """Fill ``dst`` row by row from where each row was found, reading each source in windows of
+    about 64 MiB, so that no cache is ever held in memory whole."""
+    window = max(1, (64 << 20) // (dst.shape[1] * dst.dtype.itemsize))
+    by_source: dict[reuse.Source, list[tuple[int, int]]] = {}
+    for out, found in enumerate(placed):
+        by_source.setdefault(found.source, []).append((found.row, out))
+    for source, pairs in by_source.items():
+        pairs.sort()
+        start = 0
+        while start < len(pairs):
+            first = pairs[start][0]
+            stop = next((k for k in range(start, len(pairs)) if pairs[k][0] >= first + window),
+                        len(pairs))
+            block = source.features(first, pairs[stop - 1][0] + 1)
+            for row, out, n in _runs(pairs[start:stop]):
+                dst[out:out + n] = block[row - first:row - first + n]
+            start = stop
+
+
+def write(path: Path, contents: Contents, placed: list[reuse.Found], identity: dict, dtype: str,
+          tmp: Path, **attrs) -> Path:
+    """Write the cache at ``path`` whole: rows in ``contents`` order, features from ``placed``."""
+    dim = identity["feature_dim"]
+    with durable_write(path, tmp), h5py.File(tmp, "w") as f:
+        rows = max(1, (1 << 20) // (dim * np.dtype(dtype).itemsize))
+        features = f.create_dataset("features", (len(placed), dim), dtype=dtype,
+                                    maxshape=(None, dim), chunks=(rows, dim))
+        _copy_features(features, placed)
+        f.create_dataset("labels", data=np.array(contents.labels, np.int32))
+        for name, values in [("paths", contents.paths), ("splits", contents.splits),
+                             ("classes", contents.classes), ("files/sha256", contents.sha256),
+                             ("failed/paths", [p for p, _ in contents.failed]),
+                             ("failed/errors", [e for _, e in contents.failed])]:
+            f.create_dataset(name, data=_encoded(values), dtype=_STR, shape=(len(values),))
+        f.create_dataset("files/size", data=np.array(contents.size, np.int64))
+        f.create_dataset("files/mtime_ns", data=np.array(contents.mtime_ns, np.int64))
+        f.attrs.update(dict(
+            {k: v for k, v in identity.items() if k != "preprocessing"},
+            preprocessing=json.dumps(identity["preprocessing"]), dtype=dtype,
+            config_key=config_key(identity, dtype), format_version=FORMAT_VERSION,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            n_images=len(contents.paths), n_failed=len(contents.failed), complete=True,
+            **_versions(), **attrs))
+    return path
 
 
 def read_attrs(path: Path) -> dict | None:
@@ -148,18 +237,19 @@ class FeatureCache:
 
     @property
     def identity(self) -> dict:
-        a = self.attrs
-        return dict(backbone=a["backbone"], weights_sha256=a["weights_sha256"],
-                    weights_path=a.get("weights_path", ""), pool=a["pool"],
-                    feature_dim=int(a["feature_dim"]), input_size=int(a["input_size"]),
-                    preprocessing=json.loads(a["preprocessing"]))
+        return _identity(self.attrs)
 
 
-def _strings(ds: h5py.Dataset) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else s for s in ds.asstr()[()]]
+def _identity(a: dict) -> dict:
+    """The backbone identity (as ``FeatureExtractor.identity`` gives it) in a cache's attributes."""
+    return dict(backbone=a["backbone"], weights_sha256=a["weights_sha256"],
+                weights_path=a.get("weights_path", ""), pool=a["pool"],
+                feature_dim=int(a["feature_dim"]), input_size=int(a["input_size"]),
+                preprocessing=json.loads(a["preprocessing"]))
 
 
-def open_cache(path: str | os.PathLike) -> FeatureCache:
+def open_cache(path: str | os.PathLike, identity: dict | None = None) -> FeatureCache:
+    """Read a cache; with ``identity`` (a bundle's, say), refuse one whose features differ."""
     path = Path(path)
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
@@ -171,7 +261,7 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
             if f.attrs.get("format_version") != FORMAT_VERSION or not f.attrs.get("complete"):
                 raise CacheError(f"{path} is not a complete featx cache (format "
                                  f"{FORMAT_VERSION}): extract it again")
-            return FeatureCache(
+            fc = FeatureCache(
                 path=path, features=f["features"][()], labels=f["labels"][()],
                 paths=_strings(f["paths"]), splits=np.array(_strings(f["splits"])),
                 classes=_strings(f["classes"]), attrs=dict(f.attrs),
@@ -179,3 +269,8 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
                                 strict=True)))
     except OSError as e:
         raise CacheError(f"cannot read {path} as HDF5 ({e}): extract it again") from e
+    key = mismatch(fc.identity, identity) if identity is not None else None
+    if key is not None:
+        raise CacheError(f"{path} holds features made with {key}={fc.identity[key]}, not the "
+                         f"{key}={identity[key]} asked for: extract the images again with those settings")
+    return fc

@@ -9,6 +9,7 @@ import sys
 
 EXAMPLES = {
     "backbones": "featx backbones",
+    "check": "featx check data/hymenoptera",
     "extract": "featx extract data/hymenoptera --backbone resnet50",
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
     "finetune": "featx finetune data/pets --from cache/pets-efficientnet_lite0-avg-0123456789.logistic",
@@ -54,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("backbones", "list the backbones, their feature size, input size and whether their "
                          "weights are on disk")
 
-    p = command("extract", "run a frozen backbone over an image folder once; write its features to HDF5")
+    p = command("check", "read every image of a folder without extracting: list what extract would "
+                         "skip and why, and images whose bytes repeat (across splits: leakage)")
+    p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes (default: one per CPU core, at most 16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = command("extract", "run a frozen backbone over an image folder once; write its features to "
+                           "HDF5 (again: only new and changed images; after an interruption: the rest)")
     p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
     p.add_argument("--weights", default=None,
@@ -64,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored feature type")
     p.add_argument("--out", default=None,
                    help="a .h5 file, or a folder for the default name (default cache/)")
-    p.add_argument("--force", action="store_true", help="extract again even if the cache is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="extract every image again, ignoring the cache and any interrupted run")
     _runtime(p)
 
     p = command("fit-head", "train a light classifier on cached features; write a model bundle")
@@ -139,6 +149,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.command == "backbones":
         _backbones()
+    elif args.command == "check":
+        print(featx.check(args.data, workers=args.workers, progress=not args.no_progress).summary())
     elif args.command == "extract":
         r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
                           out=args.out, dtype=args.dtype, device=args.device,
@@ -176,6 +188,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
+        stream.reconfigure(errors="backslashreplace")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("featx: %(message)s"))
     logger = logging.getLogger("featx")
@@ -194,4 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `featx backbones | head`
         sys.stderr.close()
         return 0
+    finally:  # a second call in the same process must not log to this call's stderr
+        logger.removeHandler(handler)
     return 0

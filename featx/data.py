@@ -7,9 +7,9 @@ otherwise every image is in ``train`` and fit-head carves a validation split fro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
+from .files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Sample:
     path: Path  # relative to the dataset root
     label: int  # index into the dataset's classes; -1 when unknown
     split: str
+    size: int = -1      # bytes and modification time when scanned; -1 if the file could not be
+    mtime_ns: int = -1  # stat'ed (a broken link or a loop), and the reader will say why
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,7 @@ class Dataset:
     root: Path
     classes: tuple[str, ...]
     samples: tuple[Sample, ...]
-
-    def fingerprint(self) -> str:
-        """Changes whenever an image is added, removed, renamed, relabelled or rewritten."""
-        h = hashlib.sha256("\0".join(self.classes).encode())
-        for s in self.samples:
-            st = os.stat(self.root / s.path)
-            h.update(f"\0{s.path.as_posix()}\0{s.label}\0{s.split}\0{st.st_size}\0{st.st_mtime_ns}"
-                     .encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
+    ignored: tuple[tuple[str, str], ...] = ()  # (path relative to root, why) the scan passed over
 
     def split_counts(self) -> dict[str, int]:
         splits = [s.split for s in self.samples]
@@ -68,14 +63,46 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Every image file below ``folder``, recursively, sorted, as paths relative to it."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+def find_images(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Every image file below ``folder``, recursively, sorted, as paths relative to it.
+
+    Linked folders are followed, but each real folder is read once, so a symlink loop ends
+    there. Folders passed over are appended to ``ignored`` as (path, why).
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    ignored = [] if ignored is None else ignored
+
+    def unreadable(e: OSError) -> None:
+        ignored.append((Path(e.filename), f"cannot be read ({e.strerror}): skipped"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            ignored.append((Path(dirpath), "links back to a folder already read (a symlink loop): "
+                                           "not read again"))
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(folder)
         found.extend(rel / f for f in sorted(filenames) if not f.startswith(".") and is_image(Path(f)))
     return found
+
+
+def _sample(root: Path, path: Path, label: int, split: str) -> Sample:
+    try:
+        st = os.stat(root / path)
+    except OSError:
+        return Sample(path, label, split)
+    return Sample(path, label, split, st.st_size, st.st_mtime_ns)
+
+
+def _passed_over(root: Path, ignored: list[tuple[Path, str]]) -> tuple[tuple[str, str], ...]:
+    """Warn of each folder the scan passes over; return them relative to ``root``."""
+    for path, why in ignored:
+        log.warning("%s: %s", path, why)
+    return tuple((path.relative_to(root).as_posix(), why) for path, why in ignored)
 
 
 def scan(root: str | os.PathLike) -> Dataset:
@@ -89,14 +116,16 @@ def scan(root: str | os.PathLike) -> Dataset:
         raise DataError(f"{root} has both val/ and validation/: keep one of them")
     # (folder relative to root, split) pairs, each holding one subfolder per class.
     parts = [(Path(d), split) for d, split in split_dirs] or [(Path("."), "train")]
-    if split_dirs and len(split_dirs) < len(subdirs):
-        others = [d for d in subdirs if d not in SPLIT_DIRS]
-        log.warning("%s: ignoring %s beside the split folders", root, ", ".join(others))
+    ignored = [(root / d, "not a split folder, beside train/ val/ test/: ignored")
+               for d in subdirs if split_dirs and d not in SPLIT_DIRS]
 
     per_class: dict[str, list[tuple[Path, str]]] = {}
     for part, split in parts:
         for cls in _subdirs(root / part):
-            for rel in find_images(root / part / cls):
+            images = find_images(root / part / cls, ignored)
+            if not images:
+                ignored.append((root / part / cls, "an empty class folder: ignored"))
+            for rel in images:
                 per_class.setdefault(cls, []).append((part / cls / rel, split))
         if not _subdirs(root / part) and find_images(root / part):
             raise DataError(f"{root / part} holds images but no class subfolders: put each class's "
@@ -105,11 +134,11 @@ def scan(root: str | os.PathLike) -> Dataset:
         raise DataError(f"no images found in {root}: featx reads "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} files in one subfolder per class")
     classes = tuple(sorted(per_class))
-    samples = tuple(Sample(path, label, split) for label, cls in enumerate(classes)
+    samples = tuple(_sample(root, path, label, split) for label, cls in enumerate(classes)
                     for path, split in per_class[cls])
     order = {split: i for i, split in enumerate(SPLITS)}
     samples = tuple(sorted(samples, key=lambda s: (order[s.split], s.path)))
-    return Dataset(root=root, classes=classes, samples=samples)
+    return Dataset(root=root, classes=classes, samples=samples, ignored=_passed_over(root, ignored))
 
 
 def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) -> Dataset:
@@ -126,11 +155,13 @@ def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) ->
             dirs = dirs[1:]
         return index.get(dirs[0], -1) if dirs else -1
 
-    samples = tuple(Sample(p, label(p), "") for p in find_images(folder))
+    ignored: list[tuple[Path, str]] = []
+    samples = tuple(_sample(folder, p, label(p), "") for p in find_images(folder, ignored))
     if not samples:
         raise DataError(f"no images found in {folder} (looked for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} in any letter case)")
-    return Dataset(root=folder, classes=tuple(classes), samples=samples)
+    return Dataset(root=folder, classes=tuple(classes), samples=samples,
+                   ignored=_passed_over(folder, ignored))
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -150,8 +181,44 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             return im.convert("RGB")
 
 
+def error_line(e: Exception) -> str:
+    """How a file that could not be read is reported: the exception's type and first line."""
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _text_start(path: Path) -> str | None:
+    """The first line of a file that begins as plain text (an HTML error page saved as .jpg)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.isascii() or not all(chr(b).isprintable() or chr(b).isspace() for b in head):
+        return None
+    return head.decode().strip().splitlines()[0][:40]
+
+
+def read_image(path: Path) -> tuple[Image.Image, str]:
+    """The image as ``load_rgb`` decodes it, and the sha256 of the file's bytes.
+
+    Raises for a file that is no usable image (``OSError`` or one of PIL's decompression-bomb
+    errors); ``error_line`` of the exception is the reason recorded for it.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("not a regular file")  # reading a pipe or a device could block forever
+    if st.st_size == 0:
+        raise OSError("empty file (0 bytes)")
+    digest = sha256_file(path)
+    try:
+        return load_rgb(path), digest
+    except UnidentifiedImageError:
+        text = _text_start(path)
+        if text is None:
+            raise
+        raise UnidentifiedImageError(f"a text file, not an image: it begins {text!r}") from None
+
+
 class ImageReader(torch.utils.data.Dataset):
-    """Yields (index, uint8 tensor or None, error or None); runs inside DataLoader workers.
+    """Yields (index, uint8 tensor or None, sha256 of the file, error or None); runs inside
+    DataLoader workers.
 
     ``transform`` turns the decoded image into the uint8 tensor: ``Preprocessing.crop`` for
     features, a random augmentation for fine-tuning.
@@ -163,17 +230,19 @@ class ImageReader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str, str | None]:
         try:
-            return i, self.transform(load_rgb(self.root / self.paths[i])), None
+            image, digest = read_image(self.root / self.paths[i])
+            return i, self.transform(image), digest, None
         except Exception as e:  # any undecodable file is recorded and skipped, never fatal
-            return i, None, f"{type(e).__name__}: {e}".splitlines()[0]
+            return i, None, "", error_line(e)
 
 
 @dataclass
 class Batch:
     indices: list[int]
     images: torch.Tensor | None
+    digests: list[str]  # sha256 of each file in indices
     failed: list[tuple[int, str]]
 
     def pin_memory(self) -> Batch:
@@ -182,8 +251,9 @@ class Batch:
         return self
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    return Batch(indices=[i for i, _ in ok],
-                 images=torch.stack([t for _, t in ok]) if ok else None,
-                 failed=[(i, err) for i, t, err in items if t is None])
+def collate(items: list[tuple[int, torch.Tensor | None, str, str | None]]) -> Batch:
+    ok = [(i, t, d) for i, t, d, _ in items if t is not None]
+    return Batch(indices=[i for i, _, _ in ok],
+                 images=torch.stack([t for _, t, _ in ok]) if ok else None,
+                 digests=[d for _, _, d in ok],
+                 failed=[(i, err) for i, t, _, err in items if t is None])

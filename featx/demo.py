@@ -55,5 +55,5 @@ def run_demo(data: str | Path = "data/digits", cache_dir: str | Path = "cache",
     extracted = extract(data, backbone=backbone, out=cache_dir, progress=progress)
     fitted = fit_head(extracted.path, model="logistic")
     scored = score(data / "test", fitted.bundle, out=Path(cache_dir) / "scores" / "digits-test.csv",
-                   progress=progress)
+                   progress=progress, cache_dir=cache_dir)
     return DemoResult(extracted, fitted, scored)

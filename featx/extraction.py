@@ -1,14 +1,18 @@
-"""Stage one: run the frozen backbone over an image folder once and stream features to HDF5.
+"""Stage one: run the frozen backbone over an image folder once and keep its features in HDF5.
 
-``run_batches`` is the reader → model loop shared by extraction and scoring: DataLoader workers
-decode and crop, the main process normalises and runs the model, and the caller consumes each
-batch of features as it comes (writing it to HDF5, or scoring it).
+``run_batches`` is the reader → model loop: DataLoader workers decode and crop, the main process
+normalises and runs the model, and the caller consumes each batch of features as it comes.
+``update_cache`` is the runner shared by extraction and scoring: under the cache's lock it reuses
+every feature still valid (``reuse``), streams the rest into durable shards (``partial``), and
+writes the cache whole (``cache``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -20,9 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cache as cache_mod
+from . import reuse
 from .backbones import DEFAULT_BACKBONE, FeatureExtractor, check_pool, get_backbone, load_backbone
 from .data import Dataset, ImageReader, collate, scan
-from .errors import ConfigError
+from .errors import CacheError, ConfigError
+from .lock import locked
+from .partial import Partial
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,7 @@ def default_workers() -> int:
 class BatchOutput:
     indices: list[int]        # into the dataset's samples
     features: np.ndarray      # float32, one row per index
+    digests: list[str]        # sha256 of each file, one per index
     failed: list[tuple[int, str]]
 
 
@@ -63,7 +71,9 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
     """Features of every readable image in ``dataset``, in order, one batch at a time."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
-    workers = default_workers() if workers is None else workers
+    # More workers than batches would only start processes that get nothing to do.
+    workers = min(default_workers() if workers is None else workers,
+                  math.ceil(len(dataset.samples) / batch_size))
     cuda = device.type == "cuda"
     reader = ImageReader(dataset.root, [s.path for s in dataset.samples], model.preprocessing.crop)
     loader = torch.utils.data.DataLoader(
@@ -84,7 +94,7 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
             bar.update(len(batch.indices) + len(batch.failed))
             if batch.failed:
                 bar.set_postfix(skipped=skipped)
-            yield BatchOutput(batch.indices, features, batch.failed)
+            yield BatchOutput(batch.indices, features, batch.digests, batch.failed)
 
 
 @dataclass
@@ -95,16 +105,23 @@ class ExtractResult:
     seconds: float
     up_to_date: bool = False
     failed: list[tuple[str, str]] = field(default_factory=list)
+    n_reused: int = 0  # images whose features came from the cache or an interrupted run
+
+    @property
+    def n_extracted(self) -> int:
+        return 0 if self.up_to_date else self.n_images - self.n_reused
 
     @property
     def images_per_second(self) -> float:
-        return (self.n_images + self.n_failed) / self.seconds if self.seconds else 0.0
+        return (self.n_extracted + self.n_failed) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
         if self.up_to_date:
             return f"up to date: {self.path} ({self.n_images} images, {self.n_failed} skipped)"
-        return (f"extracted {self.n_images} images ({self.n_failed} skipped) in {self.seconds:.1f} s, "
-                f"{self.images_per_second:.1f} img/s -> {self.path}")
+        reused = f", reused {self.n_reused}" if self.n_reused else ""
+        rate = f", {self.images_per_second:.1f} img/s" if self.n_extracted else ""
+        return (f"extracted {self.n_extracted} images{reused} ({self.n_failed} skipped) in "
+                f"{self.seconds:.1f} s{rate} -> {self.path}")
 
 
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
@@ -114,8 +131,9 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             force: bool = False) -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
-    ``out`` is a file path, or a folder for the default name (default: ``cache/``). Nothing is
-    done if that file already holds these features for these exact files, unless ``force``.
+    ``out`` is a file path, or a folder for the default name (default: ``cache/``). Features
+    already in that file, or kept by an interrupted run, are reused for every file unchanged
+    since; only new and changed images are extracted, unless ``force``.
     """
     if dtype not in cache_mod.DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(cache_mod.DTYPES)}")
@@ -124,36 +142,79 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     dev = resolve_device(device)
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
-    identity = model.identity()
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \
-        cache_mod.default_path(dataset.root, identity, dtype, out or "cache")
-
-    attrs = None if force else cache_mod.read_attrs(path)
-    if attrs is not None and attrs.get("config_key") == cache_mod.config_key(identity, dtype) \
-            and attrs.get("data_fingerprint") == dataset.fingerprint():
-        return ExtractResult(path, int(attrs["n_images"]), int(attrs["n_failed"]), 0.0,
-                             up_to_date=True)
-
+        cache_mod.default_path(dataset.root, model.identity(), dtype, out or "cache")
     log.info("%s: %d images, %d classes, splits %s", dataset.root, len(dataset.samples),
              len(dataset.classes), dataset.split_counts())
+    return update_cache(path, dataset, model, dtype, dev, batch_size, workers, progress, force,
+                        desc=f"extract {backbone}")
+
+
+def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: str,
+                 device: torch.device, batch_size: int = 32, workers: int | None = None,
+                 progress: bool = True, force: bool = False, desc: str = "extract") -> ExtractResult:
+    """Make the cache at ``path`` hold ``model``'s features of every image in ``dataset``.
+
+    Holds ``PATH.lock`` throughout; a second run on the same cache is refused with a
+    ``CacheError``. Files that failed to read are tried again every time.
+    """
     start = time.perf_counter()
-    batches = run_batches(model, dataset, dev, batch_size, workers, progress,
-                          desc=f"extract {backbone}")
-    writer = cache_mod.CacheWriter(path, dataset, identity, dtype)
-    failed: list[tuple[str, str]] = []
+    identity = model.identity()
+    key = cache_mod.config_key(identity, dtype)
+    with locked(path), contextlib.ExitStack() as stack:
+        old = None if force else cache_mod.previous(path, identity, dtype)
+        if old is not None:
+            stack.callback(old.close)
+        store = Partial(path, key, dtype, fresh=force)
+        plan = reuse.plan(dataset, [s for s in (old, *store.shards) if s is not None])
+        n_kept = sum(f.source is not old for f in plan.found.values())
+        if n_kept:
+            log.info("resuming: %d images were already extracted in %s", n_kept, store.dir)
+        failed = _extract_into(store, model, dataset, plan.todo, device, batch_size, workers,
+                               progress, desc)
+        found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
+        contents = cache_mod.Contents.of(dataset, found, failed)
+        result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
+                               n_reused=len(plan.found))
+        if old is not None and old.contents == contents:
+            result.up_to_date = True
+        else:
+            try:
+                cache_mod.write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
+                                tmp=store.dir / f"{path.name}.tmp", device=str(device),
+                                seconds=time.perf_counter() - start, data_root=str(dataset.root.resolve()))
+            except OSError as e:
+                raise _write_error(e, store) from e
+        store.remove()
+    result.seconds = 0.0 if result.up_to_date else time.perf_counter() - start
+    return result
+
+
+def _write_error(e: OSError, store: Partial) -> CacheError:
+    return CacheError(f"cannot write {e.filename or store.dir} ({e.strerror or e}): make room or fix "
+                      f"the folder, then run the same command again; the {store.n_rows} images "
+                      f"extracted so far are kept in {store.dir}")
+
+
+def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, todo: list[int],
+                  device: torch.device, batch_size: int, workers: int | None, progress: bool,
+                  desc: str) -> dict[int, str]:
+    """Run the samples ``todo`` through the model into ``store``; return {index: error} of those
+    that could not be read."""
+    failed: dict[int, str] = {}
+    if not todo:
+        return failed
+    part = dataclasses.replace(dataset, samples=tuple(dataset.samples[i] for i in todo))
     try:
-        for out_batch in batches:
-            writer.write([dataset.samples[i] for i in out_batch.indices], out_batch.features)
-            if out_batch.failed:
-                writer.fail([dataset.samples[i] for i, _ in out_batch.failed],
-                            [err for _, err in out_batch.failed])
-                failed += [(dataset.samples[i].path.as_posix(), err) for i, err in out_batch.failed]
-        seconds = time.perf_counter() - start
-        path = writer.commit(seconds=seconds, device=str(dev))
+        for out in run_batches(model, part, device, batch_size, workers, progress, desc):
+            store.add([part.samples[j] for j in out.indices], out.digests, out.features)
+            failed.update((todo[j], err) for j, err in out.failed)
+        store.flush()
+    except OSError as e:
+        raise _write_error(e, store) from e
     except BaseException:
-        log.warning("stopped: the features extracted so far are kept in %s", writer.partial)
+        store.flush()  # Ctrl-C keeps every batch already through the model
+        log.warning("stopped: the %d images extracted so far are kept in %s; run the same command "
+                    "again to go on", store.n_rows, store.dir)
         raise
-    finally:
-        writer.close()
-    n_failed = len(failed)
-    return ExtractResult(path, len(dataset.samples) - n_failed, n_failed, seconds, failed=failed)
+    return failed

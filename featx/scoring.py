@@ -1,4 +1,9 @@
-"""Stage three: classify every image under a folder with a saved bundle, streaming to CSV."""
+"""Stage three: classify every image under a folder with a saved bundle, and write a CSV.
+
+The folder's features are kept in a cache of its own under ``cache/scores/``, made and updated
+by the same runner as ``extract``'s, so scoring a folder again only reads the images it has not
+seen.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from . import cache as cache_mod
 from .backbones import FeatureExtractor, load_backbone
 from .bundle import Bundle, load_bundle
-from .cache import IDENTITY_KEYS
 from .data import scan_unlabelled
 from .errors import BundleError, WeightsUnavailableError
-from .extraction import resolve_device, run_batches
+from .extraction import ExtractResult, resolve_device, update_cache
 from .plots import confusion_matrix_png
 
 
@@ -31,11 +36,13 @@ class ScoreResult:
     n_labelled: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     plot: Path | None = None
+    features: ExtractResult | None = None  # how the folder's feature cache was brought up to date
 
     def summary(self) -> str:
         rate = (self.n_scored + self.n_failed) / self.seconds if self.seconds else 0.0
         lines = [f"scored {self.n_scored} images ({self.n_failed} skipped) in {self.seconds:.1f} s, "
                  f"{rate:.1f} img/s -> {self.csv}",
+                 *([f"features: {self.features.summary()}"] if self.features else []),
                  "predicted: " + ", ".join(f"{c} {n}" for c, n in self.predicted.items())]
         if self.accuracy is not None:
             lines.append(f"accuracy on {self.n_labelled} labelled images: {self.accuracy:.4f}")
@@ -58,23 +65,24 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
         raise BundleError(f"{e} (the bundle {bundle.path} needs weights with sha256 "
                           f"{ident['weights_sha256']})") from e
     now = model.identity()
-    for key in IDENTITY_KEYS:
-        if key in ident and now[key] != ident[key]:
-            fix = ("pass --weights with the file the bundle was made with" if key == "weights_sha256"
-                   else "extract the training data again and fit a new head")
-            raise BundleError(f"the bundle {bundle.path} was fitted on features with {key}="
-                              f"{ident[key]}, but the backbone loaded now has {key}={now[key]}: {fix}")
+    key = cache_mod.mismatch(ident, now)
+    if key is not None:
+        fix = ("pass --weights with the file the bundle was made with" if key == "weights_sha256"
+               else "extract the training data again and fit a new head")
+        raise BundleError(f"the bundle {bundle.path} was fitted on features with {key}="
+                          f"{ident[key]}, but the backbone loaded now has {key}={now[key]}: {fix}")
     return model
 
 
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           device: str = "auto", batch_size: int = 32, workers: int | None = None,
-          progress: bool = True) -> ScoreResult:
+          progress: bool = True, cache_dir: str | os.PathLike = "cache") -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
-    and the accuracy over them is reported.
+    and the accuracy over them is reported. The folder's features are cached under
+    ``cache_dir/scores/`` and reused for every image unchanged since the last time.
     """
     start = time.perf_counter()
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -83,36 +91,41 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     dev = resolve_device(device)
     labelled = any(s.label >= 0 for s in dataset.samples)
     folder = Path(folder)
-    csv_path = Path(out) if out else Path("cache") / "scores" / \
-        f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
+    scores = Path(cache_dir) / "scores"
+    csv_path = Path(out) if out else scores / f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    extracted = update_cache(cache_mod.default_path(dataset.root, model.identity(), "float32", scores),
+                             dataset, model, "float32", dev, batch_size, workers, progress, desc="score")
+    fc = cache_mod.open_cache(extracted.path, identity=b.identity)
+    proba = b.predict_proba(fc.features)
+    rows = dict(zip(fc.paths, proba, strict=True))
+    errors = dict(fc.failed)
 
     counts = np.zeros(len(b.classes), int)
     truth: list[int] = []
     guess: list[int] = []
-    failed: list[tuple[str, str]] = []
-    with open(csv_path, "w", newline="") as f:
+    # A file name that is not valid UTF-8 is written as its own bytes, as the file system has it.
+    with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["path", "predicted", *(["label"] if labelled else []),
                     *(f"p_{c}" for c in b.classes), "error"])
-        for batch in run_batches(model, dataset, dev, batch_size, workers, progress, desc="score"):
-            proba = b.predict_proba(batch.features) if len(batch.indices) else np.empty((0, 0))
-            for i, p in zip(batch.indices, proba, strict=True):
-                s, k = dataset.samples[i], int(p.argmax())
-                counts[k] += 1
-                if s.label >= 0:
-                    truth.append(s.label)
-                    guess.append(k)
-                label = [b.classes[s.label] if s.label >= 0 else ""] if labelled else []
-                w.writerow([s.path.as_posix(), b.classes[k], *label, *(f"{v:.6f}" for v in p), ""])
-            for i, err in batch.failed:
-                path = dataset.samples[i].path.as_posix()
-                failed.append((path, err))
-                w.writerow([path, "", *([""] if labelled else []), *[""] * len(b.classes), err])
+        for s in dataset.samples:
+            path = s.path.as_posix()
+            label = [b.classes[s.label] if s.label >= 0 else ""] if labelled else []
+            if path in errors:
+                w.writerow([path, "", *label, *[""] * len(b.classes), errors[path]])
+                continue
+            p = rows[path]
+            k = int(p.argmax())
+            counts[k] += 1
+            if s.label >= 0:
+                truth.append(s.label)
+                guess.append(k)
+            w.writerow([path, b.classes[k], *label, *(f"{v:.6f}" for v in p), ""])
 
-    result = ScoreResult(csv_path, len(dataset.samples) - len(failed), len(failed),
-                         time.perf_counter() - start,
-                         {c: int(n) for c, n in zip(b.classes, counts, strict=True)}, failed=failed)
+    result = ScoreResult(csv_path, len(rows), len(errors), time.perf_counter() - start,
+                         {c: int(n) for c, n in zip(b.classes, counts, strict=True)},
+                         failed=fc.failed, features=extracted)
     if truth:
         result.accuracy = float(np.mean(np.array(truth) == np.array(guess)))
         result.n_labelled = len(truth)

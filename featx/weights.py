@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import WeightsUnavailableError
+from .files import sha256_file
 
 if TYPE_CHECKING:
     from .backbones import BackboneSpec
@@ -29,14 +29,6 @@ class Weights:
 
     def load(self) -> dict[str, torch.Tensor]:
         return torch.load(self.path, map_location="cpu", weights_only=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hub_path(url: str) -> Path:

@@ -31,6 +31,23 @@ def write_folder(root: Path, splits: dict[str, int], classes=COLOURS) -> Path:
     return root
 
 
+def ctrl_c_after(monkeypatch, batches: int) -> None:
+    """Make the next extraction stop as Ctrl-C would, once ``batches`` batches reached its partial;
+    the run after that goes on undisturbed."""
+    from featx.partial import Partial
+
+    add, calls = Partial.add, []
+
+    def add_then_ctrl_c(self, *args):
+        add(self, *args)
+        calls.append(args)
+        if len(calls) == batches:
+            monkeypatch.setattr(Partial, "add", add)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Partial, "add", add_then_ctrl_c)
+
+
 @pytest.fixture(autouse=True)
 def torch_home(tmp_path_factory, monkeypatch) -> Path:
     """Tests never read or write the user's torch hub cache (downloaded weights, shape cache)."""

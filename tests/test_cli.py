@@ -33,8 +33,9 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
                      out, re.M)
     assert "featx: " in err and "16 images" not in err  # log lines go to stderr
 
-    code, out, _ = run(capsys, "extract", str(data), *fast)
-    assert (code, out) == (0, f"up to date: {cache} (16 images, 1 skipped)\n")
+    code, out, _ = run(capsys, "extract", str(data), *fast)  # tries the skipped file again
+    assert (code, out) == (0, f"skipped val/red/zero.jpg: OSError: empty file (0 bytes)\n"
+                              f"up to date: {cache} (16 images, 1 skipped)\n")
 
     code, out, _ = run(capsys, "fit-head", cache, "--model", "svm", "-p", "C=0.1")
     bundle = re.search(r"-> (\S+)$", out, re.M).group(1)
@@ -45,10 +46,15 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
                        "--out", "scores.csv")
     assert code == 0
-    assert out.splitlines()[1:] == ["predicted: blue 3, red 3", "accuracy on 6 labelled images: 1.0000",
-                                    out.splitlines()[3]]
-    assert out.splitlines()[3].startswith("skipped red/zero.jpg: ")
+    assert re.fullmatch(r"features: extracted 6 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s -> "
+                        r"cache/scores/val-efficientnet_lite0-avg-\w{10}\.h5", out.splitlines()[1])
+    assert out.splitlines()[2:] == ["predicted: blue 3, red 3", "accuracy on 6 labelled images: 1.0000",
+                                    "skipped red/zero.jpg: OSError: empty file (0 bytes)"]
     assert (tmp_path / "scores.csv").is_file()
+
+    code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
+                       "--out", "scores.csv")
+    assert code == 0 and out.splitlines()[1].startswith("features: up to date: cache/scores/val-")
 
 
 def test_finetune_end_to_end(capsys, tmp_path):

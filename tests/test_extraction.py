@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 import featx
-from featx import cache as cache_mod
+from featx.files import sha256_file
 
-from conftest import FAST, write_image
+from conftest import FAST, ctrl_c_after, write_image
 
 
 def test_the_cache_layout(split_folder, tmp_path):
@@ -20,8 +22,8 @@ def test_the_cache_layout(split_folder, tmp_path):
     assert (r.n_images, r.n_failed, r.up_to_date) == (22, 1, False)
     assert r.path.resolve().parent == tmp_path / "cache"
     assert r.path.name.startswith("colours-efficientnet_lite0-avg-")
-    [(path, error)] = r.failed
-    assert path == "train/red/broken.jpg" and error.startswith("UnidentifiedImageError: cannot identify")
+    assert r.failed == [("train/red/broken.jpg",
+                         "UnidentifiedImageError: a text file, not an image: it begins 'not a jpeg'")]
 
     with h5py.File(r.path) as f:
         assert f["features"].shape == (22, 1280) and f["features"].dtype == np.float32
@@ -33,13 +35,16 @@ def test_the_cache_layout(split_folder, tmp_path):
         assert splits.count("train") == 12 and splits.count("val") == 6 and splits.count("test") == 4
         assert f["labels"][()].tolist() == [0 if p.split("/")[1] == "blue" else 1 for p in paths]
         assert f["failed/paths"].asstr()[()].tolist() == ["train/red/broken.jpg"]
+        sizes = [(split_folder / p).stat().st_size for p in paths]
+        assert f["files/size"][()].tolist() == sizes and f["files/mtime_ns"].dtype == np.int64
+        assert f["files/sha256"].asstr()[0] == sha256_file(split_folder / paths[0])
         a = dict(f.attrs)
     assert a["backbone"] == "efficientnet_lite0" and a["weights_sha256"] == "random-init"
     assert a["pool"] == "avg" and a["feature_dim"] == 1280 and a["input_size"] == 224
     assert featx.Preprocessing.from_dict(json.loads(a["preprocessing"])) == \
         featx.get_backbone("efficientnet_lite0").preprocessing
     assert {"featx_version", "torch_version", "torchvision_version", "created"} <= set(a)
-    assert a["complete"] and a["n_images"] == 22 and a["n_failed"] == 1
+    assert a["complete"] and a["n_images"] == 22 and a["n_failed"] == 1 and a["format_version"] == 2
 
 
 def test_features_are_those_of_the_model(split_folder):
@@ -85,28 +90,26 @@ def test_worker_processes_give_the_same_features(split_folder):
     np.testing.assert_allclose(one.features, two.features, rtol=1e-4, atol=1e-5)
 
 
-def test_an_interrupted_run_keeps_what_it_wrote_and_no_whole_looking_file(split_folder, monkeypatch, caplog):
-    calls = []
-    write = cache_mod.CacheWriter.write
-
-    def write_then_die(self, samples, features):
-        calls.append(len(samples))
-        write(self, samples, features)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cache_mod.CacheWriter, "write", write_then_die)
+def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_folder, monkeypatch,
+                                                                        caplog):
+    whole = featx.open_cache(featx.extract(split_folder, out="whole.h5", **FAST).path)
+    ctrl_c_after(monkeypatch, batches=2)
     with pytest.raises(KeyboardInterrupt):
-        featx.extract(split_folder, batch_size=4, **FAST)
-    partial = next((split_folder.parent / "cache").glob("*.h5.partial"))
-    whole = partial.with_name(partial.name.removesuffix(".partial"))
-    assert not whole.exists()
-    with h5py.File(partial) as f:
-        assert f["features"].shape == (8, 1280) and not f.attrs["complete"]
-    kept = partial.relative_to(split_folder.parent)
-    assert caplog.messages[-1] == f"stopped: the features extracted so far are kept in {kept}"
-    with pytest.raises(featx.CacheError, match="is an unfinished extraction: run featx extract again"):
-        featx.open_cache(whole)
+        featx.extract(split_folder, out="cut.h5", batch_size=4, **FAST)
+    assert not Path("cut.h5").exists() and not Path("cut.h5.lock").exists()
+    assert caplog.messages[-1] == ("stopped: the 8 images extracted so far are kept in cut.h5.partial; "
+                                   "run the same command again to go on")
+    with pytest.raises(featx.CacheError, match=r"cut.h5.partial is an unfinished extraction: run featx "):
+        featx.open_cache("cut.h5")
+
+    caplog.set_level(logging.INFO, logger="featx")
+    r = featx.extract(split_folder, out="cut.h5", **FAST)
+    assert (r.n_reused, r.n_extracted) == (8, 14) and not Path("cut.h5.partial").exists()
+    assert "resuming: 8 images were already extracted in cut.h5.partial" in caplog.messages
+    assert r.summary().startswith("extracted 14 images, reused 8 (0 skipped) in ")
+    cut = featx.open_cache(r.path)
+    assert cut.paths == whole.paths
+    np.testing.assert_allclose(cut.features, whole.features, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, message", [

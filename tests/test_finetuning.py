@@ -55,7 +55,8 @@ def _one_step(model, top, train_bn):
     """One real training step of ``finetune`` on a batch of two random images."""
     optimizer = torch.optim.AdamW(finetuning._param_groups(model, top, 1e-2, 1.0, 0.01))
     finetuning._train_mode(model, top, train_bn)
-    batch = Batch([0, 1], torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8), [])
+    batch = Batch(indices=[0, 1], images=torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8),
+                  digests=["", ""], failed=[])
     finetuning._train_epoch(model, [batch], torch.tensor([0, 1]), optimizer,
                             torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), 1.0,
                             lambda step: 1.0, 0, tqdm(disable=True))

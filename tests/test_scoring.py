@@ -43,6 +43,20 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
     assert "skipped red/bad.jpg: " in r.summary() and "accuracy on 6 labelled images: 1.0000" in r.summary()
 
 
+def test_scoring_a_folder_again_reads_only_the_images_it_has_not_seen(bundle, tmp_path):
+    new = write_folder(tmp_path / "new", {"": 2})
+    first = featx.score(new, bundle, out="first.csv", **RUN)
+    assert first.features.path.parent.resolve() == tmp_path / "cache" / "scores"
+    assert first.features.n_extracted == 4
+    again = featx.score(new, bundle, out="again.csv", **RUN)
+    assert again.features.up_to_date and again.features.path == first.features.path
+    assert (tmp_path / "first.csv").read_text() == (tmp_path / "again.csv").read_text()
+    write_image(new / "red" / "late.png", COLOURS["red"])
+    late = featx.score(new, bundle, **RUN)
+    assert (late.features.n_reused, late.features.n_extracted) == (4, 1)
+    assert late.predicted == {"blue": 2, "red": 3}
+
+
 def test_an_unlabelled_folder_has_no_label_column(bundle, tmp_path):
     write_image(tmp_path / "flat" / "a.png", COLOURS["blue"])
     r = featx.score(tmp_path / "flat", bundle, out=tmp_path / "out.csv", **RUN)

@@ -1,0 +1,94 @@
+"""``featx check``: what extraction would skip in an image folder, and which images repeat."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .data import SPLITS, Sample, error_line, read_image, scan
+from .extraction import default_workers
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    classes: tuple[str, ...]
+    split_counts: dict[str, int]
+    skipped: list[tuple[str, str]]   # (path, why) for each file extract would skip
+    ignored: list[tuple[str, str]]   # (path, why) for each folder the scan passes over
+    duplicates: list[list[Sample]]   # groups of images with the very same bytes, in scan order
+    seconds: float
+
+    @property
+    def leaks(self) -> list[list[Sample]]:
+        """Duplicates in more than one split: an image in train is also in val or test."""
+        return [g for g in self.duplicates if len({s.split for s in g}) > 1]
+
+    def _where(self, group: list[Sample]) -> str:
+        splits = [s for s in SPLITS if s in {x.split for x in group}]
+        labels = sorted({s.label for s in group})
+        notes = ([f"{' and '.join(splits)}: leakage"] if len(splits) > 1 else []) + \
+            ([f"labelled {' and '.join(self.classes[i] for i in labels)}"] if len(labels) > 1 else [])
+        return f"  ({'; '.join(notes)})" if notes else ""
+
+    def summary(self) -> str:
+        n = sum(self.split_counts.values())
+        lines = [f"checked {n} images in {len(self.classes)} classes (" +
+                 ", ".join(f"{k} {v}" for k, v in self.split_counts.items()) +
+                 f") in {self.seconds:.1f} s"]
+        if len(self.classes) == 1:
+            lines.append(f"only one class, {self.classes[0]}: fit-head needs two or more")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} would be skipped:")
+            lines += [f"  {path}: {why}" for path, why in self.skipped]
+        if self.ignored:
+            lines.append(f"{len(self.ignored)} passed over:")
+            lines += [f"  {path}: {why}" for path, why in self.ignored]
+        if self.duplicates:
+            lines.append(f"duplicates, the same bytes under other names: {len(self.duplicates)} "
+                         f"group(s), {len(self.leaks)} across splits:")
+            lines += ["  " + " = ".join(s.path.as_posix() for s in g) + self._where(g)
+                      for g in self.duplicates]
+        if len(lines) == 1:
+            lines.append("every image can be read; no duplicates")
+        return "\n".join(lines)
+
+
+def _digest(path: Path) -> tuple[str | None, str | None]:
+    """(sha256, None) for an image extract can read, else (None, why)."""
+    try:
+        return read_image(path)[1], None
+    except Exception as e:  # exactly what the extraction's reader records as a skip
+        return None, error_line(e)
+
+
+def check(data: str | os.PathLike, workers: int | None = None, progress: bool = True) -> CheckReport:
+    """Scan ``data`` as ``extract`` does and decode every image, without running any model.
+
+    Reports each file extraction would skip and why, the folders the scan passes over, and the
+    groups of images whose bytes are identical (within a split, or leaking across splits).
+    """
+    start = time.perf_counter()
+    dataset = scan(data)
+    paths = [dataset.root / s.path for s in dataset.samples]
+    workers = default_workers() if workers is None else workers
+    with concurrent.futures.ProcessPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
+        digests = pool.map(_digest, paths, chunksize=16) if pool else map(_digest, paths)
+        results = list(tqdm(digests, total=len(paths), unit="img", desc="check",
+                            disable=not progress, dynamic_ncols=True))
+    groups: dict[str, list[Sample]] = {}
+    skipped = []
+    for s, (digest, error) in zip(dataset.samples, results, strict=True):
+        if digest is None:
+            skipped.append((s.path.as_posix(), error))
+        else:
+            groups.setdefault(digest, []).append(s)
+    return CheckReport(dataset.root, dataset.classes, dataset.split_counts(), skipped,
+                       list(dataset.ignored), [g for g in groups.values() if len(g) > 1],
+                       time.perf_counter() - start)

@@ -1,0 +1,52 @@
+"""One writer per cache: a lock file beside it, held with flock so a killed holder frees it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import CacheError
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _acquire(lock: Path, path: Path) -> int:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheError(f"{path} is being written by another featx process (pid {holder}): "
+                             f"wait for it to finish, or stop it, then run this again") from None
+        # The last holder unlinks the file as it lets go; a file locked after that is no longer
+        # the one on disk, and locking it would let a third process in beside us.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``PATH.lock`` for the block, or raise ``CacheError`` naming the process that holds it.
+
+    The kernel drops an flock when its process dies, even by ``kill -9``, so no lock outlives its
+    writer and none has to be cleaned up by hand.
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(lock, path)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)

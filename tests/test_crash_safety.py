@@ -1,0 +1,131 @@
+"""A killed, interrupted or starved extraction leaves a cache that opens, and the rerun goes on."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import featx
+from featx import partial as partial_mod
+from featx.lock import locked
+
+from conftest import FAST, ctrl_c_after, write_folder
+
+
+def assert_same_cache(a: featx.FeatureCache, b: featx.FeatureCache) -> None:
+    assert a.paths == b.paths and a.labels.tolist() == b.labels.tolist()
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> featx.FeatureCache:
+    """Twelve images in three splits, extracted without interruption."""
+    root = write_folder(tmp_path_factory.mktemp("w") / "colours", {"train": 3, "val": 2, "test": 1})
+    return featx.open_cache(featx.extract(root, out=root.parent / "whole.h5", **FAST).path)
+
+
+def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path):
+    data = write_folder(tmp_path / "many", {"": 8})
+    cmd = [sys.executable, "-m", "featx", "extract", str(data), "--out", "killed.h5", "--weights",
+           "none", "--workers", "0", "--batch-size", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial = Path("killed.h5.partial")
+    give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
+    try:
+        while not list(partial.glob("shard-*.npz")):  # the run has made durable progress
+            assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < give_up, "no shard after 10 minutes"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-run, holding the lock
+        with pytest.raises(featx.CacheError, match=rf"^killed.h5 is being written by another featx "
+                                                   rf"process \(pid {proc.pid}\): wait for it"):
+            featx.extract(data, out="killed.h5", **FAST)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not Path("killed.h5").exists()
+
+    resumed = featx.extract(data, out="killed.h5", **FAST)
+    assert 0 < resumed.n_reused < 16 and resumed.n_images == 16
+    assert not partial.exists() and not Path("killed.h5.lock").exists()
+    fresh = featx.extract(data, out="fresh.h5", **FAST)
+    assert_same_cache(featx.open_cache(resumed.path), featx.open_cache(fresh.path))
+
+
+def _full_disk_on_the_third_shard(monkeypatch):
+    savez, calls = np.savez, []
+
+    def savez_or_full(file, **arrays):
+        calls.append(file)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        savez(file, **arrays)
+
+    monkeypatch.setattr(partial_mod, "FLUSH_SECONDS", 0)  # a shard per batch
+    monkeypatch.setattr(np, "savez", savez_or_full)
+    return 8, 4  # images kept (two batches of 4), left to extract
+
+
+def _full_disk_writing_the_cache(monkeypatch):
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", full)
+    return 12, 0
+
+
+@pytest.mark.parametrize("fill", [_full_disk_on_the_third_shard, _full_disk_writing_the_cache])
+def test_a_full_disk_is_one_clean_error_and_what_was_written_stays_valid(whole, fill):
+    data = Path(whole.attrs["data_root"])
+    with pytest.MonkeyPatch.context() as disk:
+        kept, left = fill(disk)
+        with pytest.raises(featx.CacheError) as e:
+            featx.extract(data, out="full.h5", batch_size=4, **FAST)
+    assert str(e.value) == (f"cannot write full.h5.partial (No space left on device): make room or fix "
+                            f"the folder, then run the same command again; the {kept} images "
+                            f"extracted so far are kept in full.h5.partial")
+    assert not Path("full.h5").exists() and not list(Path("full.h5.partial").glob("*.tmp"))
+
+    r = featx.extract(data, out="full.h5", batch_size=4, **FAST)
+    assert (r.n_reused, r.n_extracted) == (kept, left)
+    assert_same_cache(featx.open_cache(r.path), whole)
+
+
+def test_a_damaged_partial_is_found_out_and_only_what_it_lost_is_redone(whole, monkeypatch, caplog):
+    data = Path(whole.attrs["data_root"])
+    Path("cut.h5.partial").write_bytes(b"an unfinished cache of featx 0.1, one HDF5 file")
+    monkeypatch.setattr(partial_mod, "FLUSH_SECONDS", 0)  # a shard per batch
+    ctrl_c_after(monkeypatch, batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        featx.extract(data, out="cut.h5", batch_size=4, **FAST)
+    shards = sorted(Path("cut.h5.partial").glob("shard-*.npz"))
+    assert len(shards) == 3
+    shards[1].write_bytes(shards[1].read_bytes()[:1000])  # torn by a disk that lied about syncing
+    Path("cut.h5.partial/shard-000004.npz.tmp").write_bytes(b"left by a writer killed mid-shard")
+
+    with caplog.at_level(logging.INFO, logger="featx"):
+        r = featx.extract(data, out="cut.h5", batch_size=4, **FAST)
+    assert (r.n_reused, r.n_extracted) == (8, 4)
+    assert any(m.startswith("cut.h5.partial: deleted 1 shard(s) that cannot be used, e.g. "
+                            "shard-000002.npz (") for m in caplog.messages)
+    assert_same_cache(featx.open_cache(r.path), whole)
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(whole):
+    data = Path(whole.attrs["data_root"])
+    refused = pytest.raises(featx.CacheError, match=rf"^busy.h5 is being written by another featx process "
+                                                    rf"\(pid {os.getpid()}\): wait for it to finish, or "
+                                                    rf"stop it, then run this again$")
+    with locked(Path("busy.h5")), refused:
+        featx.extract(data, out="busy.h5", **FAST)
+    assert not Path("busy.h5").exists() and not Path("busy.h5.lock").exists()
