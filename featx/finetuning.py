@@ -28,7 +28,7 @@ from .backbones import FeatureExtractor, blocks, save_weights
 from .bundle import Bundle, load_bundle
 from .cache import open_cache
 from .data import SPLITS, Dataset, ImageReader, collate, scan
-from .errors import CacheError, ConfigError, DataError
+from .errors import BundleError, CacheError, ConfigError, DataError
 from .extraction import autocast_for, default_workers, resolve_device, run_batches
 from .heads import TorchHead, as_torch_head
 from .plots import confusion_matrix_png, history_png
@@ -291,6 +291,9 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     """
     start = time.perf_counter()
     source = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if source.path is None:
+        raise BundleError("fine-tuning starts from a saved bundle (it records the split and the "
+                          "checkpoint beside it): call Bundle.save(folder) first")
     settings = dict(unfreeze=unfreeze, train_bn=train_bn, epochs=epochs, batch_size=batch_size, lr=lr,
                     lr_decay=lr_decay, weight_decay=weight_decay, warmup=warmup, clip=clip,
                     augment=list(check_augment(augment)), patience=patience, seed=seed)

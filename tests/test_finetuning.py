@@ -188,6 +188,10 @@ def test_bad_requests_are_refused_before_any_work(source, tmp_path):
         featx.finetune(root, bundle, out=tmp_path / "new", resume=True, **TINY)
     with pytest.raises(featx.ConfigError, match="--lr-decay 0: must be above 0 and at most 1"):
         featx.finetune(root, bundle, lr_decay=0, **TINY)
+    unsaved = featx.load_bundle(bundle)
+    unsaved.path = None
+    with pytest.raises(featx.BundleError, match="starts from a saved bundle"):
+        featx.finetune(root, unsaved, **TINY)
     other = write_folder(tmp_path / "other", {"": 3}, classes={"cat": (0, 0, 0), "dog": (9, 9, 9)})
     with pytest.raises(featx.DataError, match="has classes cat, dog, but the bundle .* blue, red"):
         featx.finetune(other, bundle, **TINY)
