@@ -221,11 +221,13 @@ class ImageReader(torch.utils.data.Dataset):
     DataLoader workers.
 
     ``transform`` turns the decoded image into the uint8 tensor: ``Preprocessing.crop`` for
-    features, a random augmentation for fine-tuning.
+    features, a random augmentation for fine-tuning. With ``seed``, image ``i``'s random draws
+    are seeded by ``seed + i`` alone, whichever worker process reads it.
     """
 
-    def __init__(self, root: Path, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor]):
-        self.root, self.paths, self.transform = root, paths, transform
+    def __init__(self, root: Path, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor],
+                 seed: int | None = None):
+        self.root, self.paths, self.transform, self.seed = root, paths, transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -233,7 +235,11 @@ class ImageReader(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str, str | None]:
         try:
             image, digest = read_image(self.root / self.paths[i])
-            return i, self.transform(image), digest, None
+            if self.seed is None:
+                return i, self.transform(image), digest, None
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + i)
+                return i, self.transform(image), digest, None
         except Exception as e:  # any undecodable file is recorded and skipped, never fatal
             return i, None, "", error_line(e)
 

@@ -49,8 +49,10 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     where float32 is both exact and the fastest path for these models."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
-                          else torch.float16)
+    # bfloat16 only where the GPU computes it natively (compute capability 8+); emulated, as
+    # torch.cuda.is_bf16_supported() would accept, it is slower than float16.
+    native = torch.cuda.get_device_capability(device)[0] >= 8
+    return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
 
 
 def default_workers() -> int:

@@ -30,10 +30,11 @@ from .cache import open_cache
 from .data import SPLITS, Dataset, ImageReader, collate, scan
 from .errors import BundleError, CacheError, ConfigError, DataError
 from .extraction import autocast_for, default_workers, resolve_device, run_batches
+from .files import durable_write
 from .heads import TorchHead, as_torch_head
 from .plots import confusion_matrix_png, history_png
 from .scoring import backbone_for
-from .training import metrics, split_indices
+from .training import metrics, split_digest, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +110,25 @@ def resolve_unfreeze(unfreeze: str, extractor: FeatureExtractor) -> tuple[str, l
 def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
     """Sample indices per split: the split the head was fitted and validated on, so that epoch 0
     and the fine-tuned epochs are measured on the same held-out images."""
-    labels = np.array([s.label for s in dataset.samples])
-    splits = np.array([s.split for s in dataset.samples])
-    val_split, seed = source.info.get("val_split") or 0.0, source.info.get("seed", 0)
-    try:
-        fc = open_cache(source.info.get("cache", ""))
-    except CacheError:
-        log.warning("the feature cache of %s is gone: holding out a new seeded split", source.path)
-        return split_indices(splits, labels, val_split, seed)
-    # By path, as the cache has no rows for unreadable images; images added since go to train.
-    held = {fc.paths[i]: name for name, idx in split_indices(fc.splits, fc.labels, val_split, seed).items()
-            for i in idx}
-    assigned = np.array([held.get(s.path.as_posix(), s.split) for s in dataset.samples])
+    assigned = np.array([s.split for s in dataset.samples])
+    if "val" not in assigned:
+        # fit-head held out a seeded part of train: the cache says which images, as long as it
+        # has not changed since.
+        info = source.info
+        try:
+            fc = open_cache(info.get("cache", ""))
+        except CacheError as e:
+            raise DataError(f"{dataset.root} has no val/ folder, and the cache that says which "
+                            f"images the head in {source.path} was validated on cannot be read "
+                            f"({e})") from e
+        parts = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+        if info.get("split_sha256", split_digest(fc.paths, parts)) != split_digest(fc.paths, parts):
+            raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
+                            f"the images it was validated on are no longer known: fit the head "
+                            f"again, then fine-tune")
+        # By path, as the cache has no rows for unreadable images; images added since go to train.
+        held = {fc.paths[i]: name for name, idx in parts.items() for i in idx}
+        assigned = np.array([held.get(s.path.as_posix(), s.split) for s in dataset.samples])
     return {name: np.flatnonzero(assigned == name) for name in SPLITS if (assigned == name).any()}
 
 
@@ -134,7 +142,7 @@ def _param_groups(model: Classifier, top: list[nn.Module], lr: float, lr_decay: 
     of the one above; biases and norm scales get no weight decay."""
     groups = []
     for depth, unit in enumerate([model.head, *reversed(top)]):
-        rate = lr * lr_decay ** depth if depth else lr
+        rate = lr * lr_decay ** max(depth - 1, 0)
         params = [p for p in unit.parameters() if p.requires_grad]
         groups += [dict(params=[p for p in params if p.ndim > 1], lr=rate, weight_decay=weight_decay),
                    dict(params=[p for p in params if p.ndim <= 1], lr=rate, weight_decay=0.0)]
@@ -214,7 +222,9 @@ def _evaluate(model: Classifier, subset: Dataset, device: torch.device, batch_si
     idx, proba = [], []
     for out in run_batches(model.extractor, subset, device, batch_size, workers, progress, desc):
         if len(out.indices):
-            logits = model.head(torch.from_numpy(out.features).to(device))
+            # In float32, as fit-head's figures are, whatever precision the backbone ran in.
+            with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+                logits = model.head(torch.from_numpy(out.features).to(device))
             proba.append(logits.double().softmax(1).cpu().numpy())
             idx += out.indices
     if not idx:
@@ -224,10 +234,9 @@ def _evaluate(model: Classifier, subset: Dataset, device: torch.device, batch_si
     return metrics(y, proba, len(subset.classes)), y, proba
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_durably(obj, path: Path) -> None:
+    with durable_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_history(history: list[dict], out: Path, title: str) -> Path:
@@ -344,14 +353,16 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     if resume:
         if not checkpoint.exists():
             raise ConfigError(f"nothing to resume: {checkpoint} does not exist; run without --resume")
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
+        # On the CPU: load_state_dict copies each tensor to where its parameter lives.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         for key in _RECIPE:
             if state["config"][key] != config[key]:
                 raise ConfigError(f"--resume: the interrupted run had {key}={state['config'][key]}, "
                                   f"this one has {key}={config[key]}: run with the same settings")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the interrupted run needed no scaler (CPU, bfloat16)
+            scaler.load_state_dict(state["scaler"])
         history, best = state["history"], state["best"]
         log.info("resuming after epoch %d of %d", history[-1]["epoch"], epochs)
     else:
@@ -365,13 +376,12 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     title = f"fine-tuning {extractor.spec.name} ({settings['unfreeze']}) from {source.path.name}"
 
     def save_checkpoint() -> None:
-        _save_atomic(dict(config=config, model=model.state_dict(), optimizer=optimizer.state_dict(),
+        _save_durably(dict(config=config, model=model.state_dict(), optimizer=optimizer.state_dict(),
                           scaler=scaler.state_dict(), history=history, best=best), checkpoint)
         _write_history(history, out, title)
 
     targets = torch.tensor([s.label for s in train.samples])
-    reader = ImageReader(train.root, [s.path for s in train.samples],
-                         train_transform(extractor.preprocessing, settings["augment"]))
+    transform = train_transform(extractor.preprocessing, settings["augment"])
     try:
         save_checkpoint()
         for epoch in range(history[-1]["epoch"] + 1, epochs + 1):
@@ -379,14 +389,17 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                 log.info("stopping early: no better validation accuracy for %d epochs", patience)
                 break
             t0 = time.perf_counter()
-            # Shuffling and augmentation are seeded per epoch, so a resumed run sees the images in
-            # the order and with the augmentations the uninterrupted run would have.
+            # Shuffling, augmentation (per image) and dropout are seeded by epoch, so a resumed run
+            # sees what the uninterrupted run would have, with any number of workers.
+            epoch_seed = seed * 100_003 + epoch
+            reader = ImageReader(train.root, [s.path for s in train.samples], transform,
+                                 seed=epoch_seed * 10_000_019)
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                torch.manual_seed(seed * 100_003 + epoch)
+                torch.manual_seed(epoch_seed)
                 loader = torch.utils.data.DataLoader(
                     reader, batch_size=batch_size, shuffle=True, num_workers=workers,
                     collate_fn=collate, pin_memory=dev.type == "cuda",
-                    generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                    generator=torch.Generator().manual_seed(epoch_seed))
                 _train_mode(model, top, train_bn)
                 with tqdm(total=len(reader), unit="img", desc=f"epoch {epoch}/{epochs}",
                           disable=not progress, dynamic_ncols=True) as bar:
@@ -416,6 +429,8 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                                           workers, progress, "test")
     plots = _write_bundle(out, model, head, source, results, best, info=dict(
         finetuned_from=config["source"], data=config["data"], settings=settings,
+        # Where its validation images are recorded, so the result can be fine-tuned again.
+        **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
         best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv"))
     plots.insert(0, _write_history(history, out, title))
     checkpoint.unlink()

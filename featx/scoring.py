@@ -53,11 +53,14 @@ class ScoreResult:
 def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> FeatureExtractor:
     """The backbone a bundle's head was fitted on, refusing one whose features would differ."""
     ident = bundle.identity
-    # A fine-tuned bundle names its own backbone file, relative to the bundle folder.
-    known = Path(bundle.path or ".") / ident["weights_path"] if ident.get("weights_path") else None
+    # A fine-tuned bundle names its own backbone file, relative to the bundle folder; other
+    # bundles name the file their cache was extracted with, as it was given.
+    stored = ident.get("weights_path")
+    known = next((p for p in ([Path(bundle.path or ".") / stored, Path(stored)] if stored else [])
+                  if p.is_file()), None)
     if weights is None and ident["weights_sha256"] == "random-init":
         weights = "none"
-    elif weights is None and known is not None and known.is_file():
+    elif weights is None and known is not None:
         weights = known
     try:
         model = load_backbone(ident["backbone"], weights, ident["pool"])

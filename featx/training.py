@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ def metrics(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
 
 def evaluate(bundle: Bundle, X: np.ndarray, y: np.ndarray) -> dict:
     return metrics(y, bundle.predict_proba(X), len(bundle.classes))
+
+
+def split_digest(paths: list[str], parts: dict[str, np.ndarray]) -> str:
+    """Which image went to which split, as one hash: kept in the bundle, so that fine-tuning can
+    tell whether it holds out the very images the head was validated on."""
+    assigned = sorted(f"{paths[i]}\t{name}" for name, idx in parts.items() for i in idx)
+    return hashlib.sha256("\n".join(assigned).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def split_indices(splits: np.ndarray, labels: np.ndarray, val_split: float, seed: int
@@ -81,7 +89,8 @@ def fit_head(cache: str | os.PathLike, model: str = "logistic", params: dict | N
     head.fit(fc.features[train], fc.labels[train])
     bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
                     info=dict(cache=str(Path(fc.path).resolve()), params=params or {},
-                              val_split=val_split if "val" not in fc.splits else None, seed=seed))
+                              val_split=val_split if "val" not in fc.splits else None, seed=seed,
+                              split_sha256=split_digest(fc.paths, parts)))
     bundle.metrics = {split: evaluate(bundle, fc.features[idx], fc.labels[idx])
                       for split, idx in parts.items()}
     path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")

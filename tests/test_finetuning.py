@@ -142,6 +142,8 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     tuned = featx.load_bundle(r.bundle)
     assert tuned.identity["weights_path"] == "backbone.pt"
     assert tuned.identity["weights_sha256"] != fitted.identity["weights_sha256"]
+    assert {k: tuned.info[k] for k in ("cache", "split_sha256")} == \
+        {k: fitted.info[k] for k in ("cache", "split_sha256")}  # so it can be fine-tuned again
     moved = r.bundle.rename(tmp_path / "moved")  # the bundle finds its backbone inside itself
     s = featx.score(root / "val", moved, workers=0, progress=False)
     assert s.accuracy == r.metrics["val"]["accuracy"]
@@ -195,3 +197,41 @@ def test_bad_requests_are_refused_before_any_work(source, tmp_path):
     other = write_folder(tmp_path / "other", {"": 3}, classes={"cat": (0, 0, 0), "dog": (9, 9, 9)})
     with pytest.raises(featx.DataError, match="has classes cat, dog, but the bundle .* blue, red"):
         featx.finetune(other, bundle, **TINY)
+
+
+def test_a_pool_holds_out_what_the_head_held_out_and_refuses_once_that_is_unknown(tmp_path):
+    pool = write_folder(tmp_path / "pool", {"": 5})
+    cache = featx.extract(pool, **FAST).path
+    bundle = featx.fit_head(cache, "logistic").bundle
+    r = featx.finetune(pool, bundle, out=tmp_path / "tuned", epochs=1, **TINY)
+    assert r.history[0]["val_accuracy"] == featx.load_bundle(bundle).metrics["val"]["accuracy"]
+    assert r.metrics["val"]["n"] == featx.load_bundle(bundle).metrics["val"]["n"] == 2
+
+    write_image(pool / "red" / "late.png", (200, 50, 40), seed=99)
+    featx.extract(pool, **FAST)  # the cache gains a row, and the seeded split shifts
+    with pytest.raises(featx.DataError, match="has changed since the head in .* was fitted"):
+        featx.finetune(pool, bundle, out=tmp_path / "again", **TINY)
+
+
+def test_augmentation_draws_depend_on_the_image_not_on_who_reads_it_when(tmp_path):
+    root = write_folder(tmp_path / "d", {"": 3})
+    paths = [p.relative_to(root) for p in sorted(root.rglob("*.png"))]
+    reader = featx.data.ImageReader(root, paths, train_transform(featx.load_backbone(
+        weights="none").preprocessing), seed=7)
+    forward = [reader[i][1] for i in range(len(paths))]
+    backward = [reader[i][1] for i in reversed(range(len(paths)))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward, strict=True))
+    assert not torch.equal(forward[0], featx.data.ImageReader(root, paths, reader.transform, seed=8)[0][1])
+
+
+def test_discriminative_rates(lite0_random):
+    model = finetuning.Classifier(lite0_random, torch.nn.Linear(1280, 2))
+    _, top = finetuning.resolve_unfreeze("top:3", lite0_random)
+    for block in top:
+        block.requires_grad_(True)
+    groups = finetuning._param_groups(model, top, 1e-3, 0.5, 0.01)
+    rates = [next(g["lr"] for g in groups if any(p is q for q in g["params"]))
+             for p in (model.head.weight, *(next(b.parameters()) for b in reversed(top)))]
+    assert rates == [1e-3, 1e-3, 5e-4, 2.5e-4]  # head and top block at lr, then halving
+    for block in top:
+        block.requires_grad_(False)  # lite0_random is shared by the session
