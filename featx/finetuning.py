@@ -9,6 +9,7 @@ and a checkpoint: the best epoch is what is kept, and an interrupted run continu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -122,7 +123,8 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
                             f"images the head in {source.path} was validated on cannot be read "
                             f"({e})") from e
         parts = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
-        if info.get("split_sha256", split_digest(fc.paths, parts)) != split_digest(fc.paths, parts):
+        now = split_digest(fc.paths, parts)
+        if info.get("split_sha256", now) != now:
             raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
                             f"the images it was validated on are no longer known: fit the head "
                             f"again, then fine-tune")
@@ -133,7 +135,7 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
 
 
 def _subset(dataset: Dataset, idx: np.ndarray) -> Dataset:
-    return Dataset(dataset.root, dataset.classes, tuple(dataset.samples[i] for i in idx))
+    return dataclasses.replace(dataset, samples=tuple(dataset.samples[i] for i in idx))
 
 
 def _param_groups(model: Classifier, top: list[nn.Module], lr: float, lr_decay: float,
@@ -432,7 +434,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
         # Where its validation images are recorded, so the result can be fine-tuned again.
         **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
         best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv"))
-    plots.insert(0, _write_history(history, out, title))
+    plots.insert(0, out / "history.png")  # written with the last checkpoint
     checkpoint.unlink()
     return FinetuneResult(out, results, history, best["epoch"], settings["unfreeze"], trainable,
                           frozen, time.perf_counter() - start, plots)
