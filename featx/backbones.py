@@ -184,9 +184,11 @@ class FeatureExtractor(nn.Module):
                     feature_dim=self.feature_dim, input_size=self.preprocessing.crop_size,
                     preprocessing=self.preprocessing.to_dict()))
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.to(self.shift.dtype) - self.shift) * self.scale
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(self.shift.dtype) - self.shift) * self.scale
-        return _pool(self.base(x), self.pool)
+        return _pool(self.base(self.normalise(images)), self.pool)
 
 
 def blocks(base: nn.Module) -> list[nn.Module]:

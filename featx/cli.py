@@ -28,12 +28,26 @@ def _param(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _runtime(p: argparse.ArgumentParser) -> None:
+def _runtime(p: argparse.ArgumentParser, batch_size: int | None = 32) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"images per forward pass (default {batch_size or '32 on the CPU, 256 on a GPU'})")
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes (default: one per CPU core, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _speed(p: argparse.ArgumentParser) -> None:
+    from .execution import DEFAULT_EXECUTION, EXECUTIONS
+    from .extraction import DECODES
+
+    p.add_argument("--execution", default=DEFAULT_EXECUTION, choices=EXECUTIONS,
+                   help=f"how the frozen base runs (default {DEFAULT_EXECUTION}: BatchNorm folded into "
+                        f"the convolutions, checked against eager; compile: torch.compile, which pays "
+                        f"a minute or more of compiling)")
+    p.add_argument("--decode", default="auto", choices=DECODES,
+                   help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
+                        "default auto: device on a GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .h5 file, or a folder for the default name (default cache/)")
     p.add_argument("--force", action="store_true",
                    help="extract every image again, ignoring the cache and any interrupted run")
-    _runtime(p)
+    _runtime(p, batch_size=None)
+    _speed(p)
 
     p = command("fit-head", "train a light classifier on cached features; write a model bundle")
     p.add_argument("cache", help="the .h5 file `featx extract` wrote")
@@ -124,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
-    _runtime(p)
+    _runtime(p, batch_size=None)
+    _speed(p)
 
     p = command("demo", "extract, fit and score scikit-learn's digits offline with the default backbone")
     p.add_argument("--data", default="data/digits", help="where to write the digit images")
@@ -155,7 +171,8 @@ def run(args: argparse.Namespace) -> None:
         r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
                           out=args.out, dtype=args.dtype, device=args.device,
                           batch_size=args.batch_size, workers=args.workers,
-                          progress=not args.no_progress, force=args.force)
+                          progress=not args.no_progress, force=args.force,
+                          execution=args.execution, decode=args.decode)
         for path, err in r.failed:
             print(f"skipped {path}: {err}")
         print(r.summary())
@@ -175,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "score":
         r = featx.score(args.folder, args.model, out=args.out, weights=args.weights,
                         device=args.device, batch_size=args.batch_size, workers=args.workers,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, execution=args.execution, decode=args.decode)
         print(r.summary())
     elif args.command == "demo":
         r = featx.run_demo(args.data, args.cache, progress=not args.no_progress)

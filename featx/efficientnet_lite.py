@@ -49,8 +49,11 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size[0], self.stride[0]
         ph, pw = (max((math.ceil(n / s) - 1) * s + k - n, 0) for n in x.shape[-2:])
-        if ph or pw:
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if ph % 2 == 0 and pw % 2 == 0:
+            # Even padding is symmetric: the convolution pads as it goes, without copying x.
+            return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2),
+                            self.dilation, self.groups)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         return super().forward(x)
 
 

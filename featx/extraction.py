@@ -24,9 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cache as cache_mod
+from . import execution as execution_mod
 from . import reuse
 from .backbones import DEFAULT_BACKBONE, FeatureExtractor, check_pool, get_backbone, load_backbone
 from .data import Dataset, ImageReader, collate, scan
+from .decoding import RawReader, collate_encoded, decode_batch
 from .errors import CacheError, ConfigError
 from .lock import locked
 from .partial import Partial
@@ -55,8 +57,33 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
 
 
+DECODES = ("auto", "cpu", "device")
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """``cpu`` or ``device``: ``auto`` decodes on the device where that is a GPU."""
+    if decode not in DECODES:
+        raise ConfigError(f"unknown --decode {decode!r}: choose one of {', '.join(DECODES)}")
+    if decode == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return decode
+
+
+def default_batch_size(device: torch.device) -> int:
+    # A GPU needs large batches to be kept busy; on a CPU, 32 is as fast as any larger size and
+    # keeps the memory of a batch in flight small.
+    return 256 if device.type == "cuda" else 32
+
+
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 16)
+
+
+def _lower_priority(_worker_id: int) -> None:
+    # Decoding needs a small share of the CPU that the model's threads keep busy. At normal
+    # priority a worker preempts one of them, and the rest wait for it at the next barrier; niced,
+    # workers run in the gaps and fill the prefetch queue, and the model is not slowed.
+    os.nice(10)
 
 
 @dataclass
@@ -68,30 +95,43 @@ class BatchOutput:
 
 
 def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
-                batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                desc: str = "extract") -> Iterator[BatchOutput]:
-    """Features of every readable image in ``dataset``, in order, one batch at a time."""
+                batch_size: int | None = None, workers: int | None = None, progress: bool = True,
+                desc: str = "extract", execution: str = "eager", decode: str = "auto"
+                ) -> Iterator[BatchOutput]:
+    """Features of every readable image in ``dataset``, in order, one batch at a time.
+
+    ``execution`` is how the model runs (``execution.EXECUTIONS``); ``model`` itself is not
+    changed, so a model being fine-tuned keeps its own BatchNorm layers. ``decode``: where JPEGs
+    are decoded, ``cpu`` (PIL, in the workers) or ``device`` (``featx.decoding``, beside the
+    model); ``auto`` is ``device`` on CUDA, where CPU decoding would be the bottleneck.
+    """
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     # More workers than batches would only start processes that get nothing to do.
     workers = min(default_workers() if workers is None else workers,
                   math.ceil(len(dataset.samples) / batch_size))
     cuda = device.type == "cuda"
-    reader = ImageReader(dataset.root, [s.path for s in dataset.samples], model.preprocessing.crop)
+    on_device = resolve_decode(decode, device) == "device"
+    paths = [s.path for s in dataset.samples]
+    reader = (RawReader if on_device else ImageReader)(dataset.root, paths, model.preprocessing.crop)
     loader = torch.utils.data.DataLoader(
-        reader, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=cuda,
-        prefetch_factor=4 if workers else None)
-    model = model.to(device, memory_format=torch.channels_last)
+        reader, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
+        collate_fn=collate_encoded if on_device else collate,
+        prefetch_factor=4 if workers else None, worker_init_fn=_lower_priority)
+    runner = execution_mod.prepare(model, execution, device, batch_size)
     autocast = autocast_for(device)
     bar = tqdm(total=len(reader), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     skipped = 0
     with bar, torch.inference_mode(), autocast:
         for batch in loader:
+            if on_device:
+                batch = decode_batch(batch, model.preprocessing, device)
             features = np.empty((0, model.feature_dim), np.float32)
             if batch.images is not None:
                 x = batch.images.to(device, non_blocking=True).contiguous(
                     memory_format=torch.channels_last)
-                features = model(x).float().cpu().numpy()
+                features = runner(x).float().cpu().numpy()
             skipped += len(batch.failed)
             bar.update(len(batch.indices) + len(batch.failed))
             if batch.failed:
@@ -129,19 +169,24 @@ class ExtractResult:
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             weights: str | os.PathLike | None = None, pool: str = "avg",
             out: str | os.PathLike | None = None, dtype: str = "float32", device: str = "auto",
-            batch_size: int = 32, workers: int | None = None, progress: bool = True,
-            force: bool = False) -> ExtractResult:
+            batch_size: int | None = None, workers: int | None = None, progress: bool = True,
+            force: bool = False, execution: str = execution_mod.DEFAULT_EXECUTION,
+            decode: str = "auto") -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
     ``out`` is a file path, or a folder for the default name (default: ``cache/``). Features
     already in that file, or kept by an interrupted run, are reused for every file unchanged
-    since; only new and changed images are extracted, unless ``force``.
+    since; only new and changed images are extracted, unless ``force``. ``execution``: how the
+    frozen base runs (see ``featx.execution``); ``decode``: where JPEGs are decoded (see
+    ``run_batches``).
     """
     if dtype not in cache_mod.DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(cache_mod.DTYPES)}")
     # Settings are checked before a possibly long scan of the data, so a typo fails at once.
     check_pool(get_backbone(backbone), pool)
+    execution_mod.check_execution(execution)
     dev = resolve_device(device)
+    resolve_decode(decode, dev)
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \
@@ -149,12 +194,14 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     log.info("%s: %d images, %d classes, splits %s", dataset.root, len(dataset.samples),
              len(dataset.classes), dataset.split_counts())
     return update_cache(path, dataset, model, dtype, dev, batch_size, workers, progress, force,
-                        desc=f"extract {backbone}")
+                        desc=f"extract {backbone}", execution=execution, decode=decode)
 
 
 def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: str,
-                 device: torch.device, batch_size: int = 32, workers: int | None = None,
-                 progress: bool = True, force: bool = False, desc: str = "extract") -> ExtractResult:
+                 device: torch.device, batch_size: int | None = None, workers: int | None = None,
+                 progress: bool = True, force: bool = False, desc: str = "extract",
+                 execution: str = execution_mod.DEFAULT_EXECUTION, decode: str = "auto"
+                 ) -> ExtractResult:
     """Make the cache at ``path`` hold ``model``'s features of every image in ``dataset``.
 
     Holds ``PATH.lock`` throughout; a second run on the same cache is refused with a
@@ -173,7 +220,7 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
         if n_kept:
             log.info("resuming: %d images were already extracted in %s", n_kept, store.dir)
         failed = _extract_into(store, model, dataset, plan.todo, device, batch_size, workers,
-                               progress, desc)
+                               progress, desc, execution, decode)
         found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
         contents = cache_mod.Contents.of(dataset, found, failed)
         result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
@@ -184,6 +231,7 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
             try:
                 cache_mod.write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
                                 tmp=store.dir / f"{path.name}.tmp", device=str(device),
+                                execution=execution, decode=resolve_decode(decode, device),
                                 seconds=time.perf_counter() - start, data_root=str(dataset.root.resolve()))
             except OSError as e:
                 raise _write_error(e, store) from e
@@ -199,8 +247,8 @@ def _write_error(e: OSError, store: Partial) -> CacheError:
 
 
 def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, todo: list[int],
-                  device: torch.device, batch_size: int, workers: int | None, progress: bool,
-                  desc: str) -> dict[int, str]:
+                  device: torch.device, batch_size: int | None, workers: int | None, progress: bool,
+                  desc: str, execution: str, decode: str) -> dict[int, str]:
     """Run the samples ``todo`` through the model into ``store``; return {index: error} of those
     that could not be read."""
     failed: dict[int, str] = {}
@@ -208,7 +256,8 @@ def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, tod
         return failed
     part = dataclasses.replace(dataset, samples=tuple(dataset.samples[i] for i in todo))
     try:
-        for out in run_batches(model, part, device, batch_size, workers, progress, desc):
+        for out in run_batches(model, part, device, batch_size, workers, progress, desc, execution,
+                               decode):
             store.add([part.samples[j] for j in out.indices], out.digests, out.features)
             failed.update((todo[j], err) for j, err in out.failed)
         store.flush()

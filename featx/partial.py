@@ -3,7 +3,9 @@
 Each shard is written under a temporary name, synced, and renamed into place, so a shard is
 whole or absent whatever stops the run (Ctrl-C, ``kill -9``, a power cut, a full disk). The
 first batch is written at once, and then a shard whenever a second has passed since the last, so
-a kill loses about a second of work.
+a kill loses about a second of work. Shards are written by a thread of their own, so the model
+never waits for the disk; one shard at most is in flight, and a failed write is raised at the
+next batch.
 A shard that cannot be read, or was made with other settings, is deleted and its images are
 extracted again; a leftover temporary file is never trusted.
 """
@@ -14,6 +16,7 @@ import logging
 import math
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +56,10 @@ class Partial:
 
     def __init__(self, path: Path, key: str, dtype: str, fresh: bool = False):
         self.dir, self.key, self.dtype = path.with_name(path.name + ".partial"), key, dtype
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="featx-shard-writer")
+        self._writing: Future | None = None
         if fresh or self.dir.is_file():  # featx 0.1 kept an unfinished cache as one file here
-            self.remove()
+            self._delete()
         self.dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink()
@@ -79,33 +84,52 @@ class Partial:
         return sum(len(s.entries) for s in self.shards)
 
     def add(self, samples: list[Sample], digests: list[str], features: np.ndarray) -> None:
-        """Buffer a batch of rows; write them out as a shard if a second has passed since the last."""
+        """Buffer a batch of rows; hand them to the writer if a second has passed since the last."""
         if samples:
             self._pending.append((samples, digests, features))
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
+            self._submit()
 
     def flush(self) -> None:
-        """Write the buffered rows as one shard, durably."""
-        samples = [s for batch, _, _ in self._pending for s in batch]
-        if not samples:
+        """Write every buffered row as a shard, and return once it is durably on disk."""
+        self._submit()
+        self._wait()
+
+    def _submit(self) -> None:
+        if not self._pending:
             return
-        path = self.dir / f"shard-{self._next:06d}.npz"
+        self._wait()
+        rows, self._pending = self._pending, []
+        number, self._next, self._last_flush = self._next, self._next + 1, time.monotonic()
+        self._writing = self._writer.submit(self._write, number, rows)
+
+    def _wait(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def _write(self, number: int, rows: list[tuple[list[Sample], list[str], np.ndarray]]) -> None:
+        samples = [s for batch, _, _ in rows for s in batch]
+        path = self.dir / f"shard-{number:06d}.npz"
         paths = [s.path.as_posix() for s in samples]
-        digests = [d for _, batch, _ in self._pending for d in batch]
+        digests = [d for _, batch, _ in rows for d in batch]
         with durable_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, config_key=np.array(self.key), paths=np.array(paths),
                      size=np.array([s.size for s in samples], np.int64),
                      mtime_ns=np.array([s.mtime_ns for s in samples], np.int64),
                      sha256=np.array(digests),
-                     features=np.concatenate([x for _, _, x in self._pending]).astype(self.dtype))
+                     features=np.concatenate([x for _, _, x in rows]).astype(self.dtype))
         shard = Shard(path, reuse.entries(paths, [s.size for s in samples],
                                           [s.mtime_ns for s in samples], digests))
         self.shards.append(shard)
         self.written.append(shard)
-        self._pending, self._next, self._last_flush = [], self._next + 1, time.monotonic()
 
     def remove(self) -> None:
+        """Delete the shards, once the cache holds their rows."""
+        self._writer.shutdown()
+        self._delete()
+
+    def _delete(self) -> None:
         if self.dir.is_dir():
             shutil.rmtree(self.dir)
         else:

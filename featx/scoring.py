@@ -21,6 +21,7 @@ from .backbones import FeatureExtractor, load_backbone
 from .bundle import Bundle, load_bundle
 from .data import scan_unlabelled
 from .errors import BundleError, WeightsUnavailableError
+from .execution import DEFAULT_EXECUTION
 from .extraction import ExtractResult, resolve_device, update_cache
 from .plots import confusion_matrix_png
 
@@ -79,13 +80,15 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
 
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-          device: str = "auto", batch_size: int = 32, workers: int | None = None,
-          progress: bool = True, cache_dir: str | os.PathLike = "cache") -> ScoreResult:
+          device: str = "auto", batch_size: int | None = None, workers: int | None = None,
+          progress: bool = True, cache_dir: str | os.PathLike = "cache",
+          execution: str = DEFAULT_EXECUTION, decode: str = "auto") -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
     and the accuracy over them is reported. The folder's features are cached under
     ``cache_dir/scores/`` and reused for every image unchanged since the last time.
+    ``execution`` and ``decode`` are as for ``extract``.
     """
     start = time.perf_counter()
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -98,7 +101,8 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     csv_path = Path(out) if out else scores / f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     extracted = update_cache(cache_mod.default_path(dataset.root, model.identity(), "float32", scores),
-                             dataset, model, "float32", dev, batch_size, workers, progress, desc="score")
+                             dataset, model, "float32", dev, batch_size, workers, progress, desc="score",
+                             execution=execution, decode=decode)
     fc = cache_mod.open_cache(extracted.path, identity=b.identity)
     proba = b.predict_proba(fc.features)
     rows = dict(zip(fc.paths, proba, strict=True))

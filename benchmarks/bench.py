@@ -1,0 +1,331 @@
+"""How close `featx extract` runs to the limit of the machine, and what that saves.
+
+    .venv/bin/python benchmarks/bench.py                       # Lite0 on ../shared/data
+    .venv/bin/python benchmarks/bench.py --backbone resnet50 --weights none --only throughput
+
+In one run, on the same images, it measures and prints:
+  (a) the model-only forward throughput on random uint8 batches, with the layout, precision and
+      execution featx uses (and, beside it, plain eager runs in NCHW and channels_last);
+  (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
+  (c) a loop in the style of the Keras/PyTorch recipes: PIL decode and transform, forward in
+      NCHW, one process, features kept in a list and saved at the end;
+and the ratios b/a and b/c with the peak memory of each run. Then: the peak memory of extract on
+N and 10×N images (the folder repeated by symlinks); fit-head on 200,000 × 2,048 synthetic
+features; and 10 epochs of a linear head trained the recipes' way (the frozen base run every
+epoch) against featx's extract once + fit-head.
+
+Every measurement runs in a child process of its own, so each memory figure is that run's alone:
+"peak memory" is the largest sum, sampled every 50 ms, of the proportional set size (PSS) of the
+process and its DataLoader workers, so pages the workers share with it are counted once. The
+machine should be otherwise idle; ratios within one run are what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+SECTIONS = ("throughput", "memory", "heads", "epochs")
+GiB = 1 << 30
+
+
+# --- measuring a child process ------------------------------------------------------------------
+
+def _pss(pid: int) -> int:
+    """PSS in bytes of ``pid`` and all its descendants; 0 for what has already gone."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_child(job: str, **kwargs) -> dict:
+    """Run ``job`` (a function of this file) in a new process; its result, with ``peak_bytes``."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps([job, kwargs])],
+                            stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _pss(proc.pid))
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    if proc.returncode:
+        sys.exit(f"bench: the {job} run failed (exit {proc.returncode})")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "peak_bytes": peak}
+
+
+# --- the jobs, each run in its own process ------------------------------------------------------
+
+def job_forward(backbone: str, weights: str | None, batch_size: int, batches: int,
+                executions: list[str]) -> dict:
+    """Images/s of each execution on the same random batch, the executions taking turns batch
+    by batch so that a slow moment of the machine costs each the same."""
+    import torch
+
+    import featx
+    from featx.execution import prepare
+
+    model = featx.load_backbone(backbone, weights)
+    size = model.preprocessing.crop_size
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for name in executions:
+        if name == "eager-nchw":
+            runs[name] = (featx.load_backbone(backbone, weights), x)
+        else:
+            runs[name] = (prepare(featx.load_backbone(backbone, weights), name, torch.device("cpu"),
+                                  batch_size), x.contiguous(memory_format=torch.channels_last))
+    seconds = dict.fromkeys(runs, 0.0)
+    setup = {}
+    with torch.inference_mode():
+        for name, (f, xx) in runs.items():
+            start = time.perf_counter()
+            f(xx)  # first call: a compiled model compiles here
+            setup[name] = time.perf_counter() - start
+            f(xx)
+        for _ in range(batches):
+            for name, (f, xx) in runs.items():
+                start = time.perf_counter()
+                f(xx)
+                seconds[name] += time.perf_counter() - start
+        ref = runs["eager"][0](x.contiguous(memory_format=torch.channels_last)) if "eager" in runs else None
+        diff = {name: ((f(xx) - ref).abs().max() / ref.abs().max()).item()
+                for name, (f, xx) in runs.items() if ref is not None}
+    return {"rate": {n: batches * batch_size / s for n, s in seconds.items()}, "setup": setup,
+            "relative_difference": diff}
+
+
+def job_extract(data: str, out: str, backbone: str, weights: str | None, batch_size: int,
+                execution: str) -> dict:
+    import featx
+
+    r = featx.extract(data, backbone, weights, out=out, batch_size=batch_size, progress=False,
+                      force=True, execution=execution)
+    return {"images": r.n_images + r.n_failed, "seconds": r.seconds}
+
+
+def _recipe_transform(pre, train: bool):
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(pre.interpolation)
+    if train:
+        return T.Compose([T.RandomResizedCrop(pre.crop_size, interpolation=interpolation),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    return T.Compose([T.Resize(pre.resize_size, interpolation), T.CenterCrop(pre.crop_size),
+                      T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+
+
+def job_recipe(data: str, out: str, backbone: str, weights: str | None, batch_size: int) -> dict:
+    """Features the way the tutorials get them: one process, PIL, NCHW, eager."""
+    import h5py
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import featx
+
+    start = time.perf_counter()
+    model = featx.load_backbone(backbone, weights)
+    transform = _recipe_transform(model.preprocessing, train=False)
+    paths = [Path(data) / s.path for s in featx.scan(data).samples]
+    features = []
+    with torch.no_grad():
+        for i in range(0, len(paths), batch_size):
+            x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i:i + batch_size]])
+            features.append(model.base(x).mean((2, 3)).numpy())
+    with h5py.File(out, "w") as f:
+        f["features"] = np.concatenate(features)
+    return {"images": len(paths), "seconds": time.perf_counter() - start}
+
+
+def job_recipe_epochs(data: str, backbone: str, weights: str | None, batch_size: int, epochs: int,
+                      workers: int) -> dict:
+    """PyTorch's "ConvNet as fixed feature extractor": ImageFolder, augmented training images, the
+    frozen base run on every image in every epoch, a linear layer trained by SGD, and validation
+    each epoch."""
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    import featx
+
+    start = time.perf_counter()
+    extractor = featx.load_backbone(backbone, weights)
+    pre = extractor.preprocessing
+    loaders = {split: torch.utils.data.DataLoader(
+        ImageFolder(Path(data) / split, _recipe_transform(pre, train=split == "train")),
+        batch_size=batch_size, shuffle=split == "train", num_workers=workers)
+        for split in ("train", "val")}
+    n_classes = len(loaders["train"].dataset.classes)
+    head = torch.nn.Linear(extractor.feature_dim, n_classes)
+    opt = torch.optim.SGD(head.parameters(), lr=1e-3, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.1)
+    accuracy = 0.0
+    for _ in range(epochs):
+        for x, y in loaders["train"]:
+            with torch.no_grad():
+                f = extractor.base(x).mean((2, 3))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(f), y).backward()
+            opt.step()
+        schedule.step()
+        right = total = 0
+        with torch.no_grad():
+            for x, y in loaders["val"]:
+                right += (head(extractor.base(x).mean((2, 3))).argmax(1) == y).sum().item()
+                total += len(y)
+        accuracy = right / total
+    return {"seconds": time.perf_counter() - start, "val_accuracy": accuracy}
+
+
+def job_featx_epochs(data: str, out: str, backbone: str, weights: str | None, batch_size: int) -> dict:
+    import featx
+
+    start = time.perf_counter()
+    r = featx.extract(data, backbone, weights, out=out, batch_size=batch_size, progress=False, force=True)
+    fit = featx.fit_head(r.path, model="linear")
+    return {"seconds": time.perf_counter() - start, "extract_seconds": r.seconds,
+            "val_accuracy": fit.metrics["val"]["accuracy"]}
+
+
+def job_heads(n: int, dim: int, workdir: str) -> dict:
+    sys.path.insert(0, str(HERE))
+    from heads_at_scale import measure
+
+    return measure(n=n, dim=dim, workdir=Path(workdir))
+
+
+JOBS = {name[4:]: f for name, f in globals().items() if name.startswith("job_")}
+
+
+# --- the image folders --------------------------------------------------------------------------
+
+def subset(data: Path, n: int | None, dest: Path, copies: int = 1) -> tuple[Path, int]:
+    """A folder of symlinks to ``n`` images of ``data`` spread evenly over it (all if None), in the
+    same class and split layout, each linked ``copies`` times; and how many links it holds."""
+    import featx
+
+    samples = featx.scan(data).samples
+    if n is not None and n < len(samples):
+        samples = [samples[math.floor(i * len(samples) / n)] for i in range(n)]
+    for s in samples:
+        for c in range(copies):
+            link = dest / s.path.parent / (f"copy{c}" if copies > 1 else "") / s.path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((data / s.path).resolve())
+    return dest, len(samples) * copies
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def _gib(b: float) -> str:
+    return f"{b / GiB:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights", default=None, help="as for featx extract; 'none' where the weights "
+                                                   "cannot be downloaded (speed does not depend on them)")
+    p.add_argument("--data", nargs="+", type=Path,
+                   default=[SHARED / "flowers128", SHARED / "hymenoptera"])
+    p.add_argument("--images", type=int, default=640, help="images per dataset (default 640; 0: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--execution", default="fold", help="featx's execution for (a) and (b)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile in (a)")
+    p.add_argument("--forward-batches", type=int, default=10)
+    p.add_argument("--memory-images", type=int, default=300, help="N for the N vs 10 N run")
+    p.add_argument("--heads-n", type=int, default=200_000)
+    p.add_argument("--heads-dim", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        job, kwargs = json.loads(args.child)
+        print(json.dumps(JOBS[job](**kwargs)))
+        return
+    sections = args.only.split(",")
+    model = dict(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size)
+
+    import torch
+
+    print(f"featx benchmark: {args.backbone} (weights {args.weights or 'default'}), batch "
+          f"{args.batch_size}, float32, execution {args.execution}; {os.cpu_count()} CPU cores "
+          f"({platform.processor() or platform.machine()}), torch {torch.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
+        work = Path(tmp)
+        if "throughput" in sections:
+            executions = ["eager-nchw", "eager", *dict.fromkeys([args.execution, "fold"])]
+            executions += ["compile"] * (args.compile and "compile" not in executions)
+            a = run_child("forward", **model, batches=args.forward_batches, executions=executions)
+            limit = a["rate"][args.execution]
+            print("(a) forward limit, random uint8 batches: " + ", ".join(
+                f"{n} {r:.1f} img/s" for n, r in a["rate"].items()))
+            print(f"    {args.execution} vs eager channels_last: {limit / a['rate']['eager']:.2f}x; "
+                  f"largest feature difference from eager (relative): "
+                  + ", ".join(f"{n} {d:.1e}" for n, d in a["relative_difference"].items() if n != "eager"))
+            if "compile" in a["setup"]:
+                print(f"    compile: first batch took {a['setup']['compile']:.0f} s (compiling)")
+            print(f"{'dataset':14s} {'images':>6s} {'(a) limit':>10s} {'(b) extract':>12s} "
+                  f"{'(c) recipe':>11s} {'b/a':>5s} {'b/c':>5s} {'peak mem b':>11s} {'peak mem c':>11s}")
+            for data in args.data:
+                folder, n = subset(data, args.images or None, work / data.name)
+                b = run_child("extract", data=str(folder), out=str(work / f"{data.name}.h5"),
+                              **model, execution=args.execution)
+                c = run_child("recipe", data=str(folder), out=str(work / f"{data.name}-recipe.h5"),
+                              **model)
+                rb, rc = b["images"] / b["seconds"], c["images"] / c["seconds"]
+                print(f"{data.name:14s} {n:6d} {limit:10.1f} {rb:12.1f} {rc:11.1f} {rb / limit:5.2f} "
+                      f"{rb / rc:5.2f} {_gib(b['peak_bytes']):>11s} {_gib(c['peak_bytes']):>11s}",
+                      flush=True)
+        if "memory" in sections:
+            data = args.data[0]
+            runs = []
+            for copies in (1, 10):
+                folder, n = subset(data, args.memory_images, work / f"mem{copies}", copies)
+                r = run_child("extract", data=str(folder), out=str(work / f"mem{copies}.h5"),
+                              **model, execution=args.execution)
+                runs.append((n, r))
+            (n1, r1), (n10, r10) = runs
+            print(f"memory: extract of {n1} images peaks at {_gib(r1['peak_bytes'])}, of {n10} "
+                  f"({data.name}, linked 10 times) at {_gib(r10['peak_bytes'])}: "
+                  f"x{r10['peak_bytes'] / r1['peak_bytes']:.3f} for 10x the images", flush=True)
+        if "heads" in sections:
+            r = run_child("heads", n=args.heads_n, dim=args.heads_dim, workdir=str(work))
+            print(f"heads: {r['summary']}", flush=True)
+        if "epochs" in sections:
+            data = next((d for d in args.data if (d / "train").is_dir() and (d / "val").is_dir()), None)
+            if data is None:
+                print("epochs: skipped, no dataset with train/ and val/ folders")
+                return
+            recipe = run_child("recipe_epochs", data=str(data), **model, epochs=args.epochs,
+                               workers=os.cpu_count() or 1)
+            ours = run_child("featx_epochs", data=str(data), out=str(work / "epochs.h5"), **model)
+            print(f"epochs: {data.name}, a linear head for {args.epochs} epochs the recipes' way "
+                  f"(base run every epoch) {recipe['seconds']:.0f} s, val accuracy "
+                  f"{recipe['val_accuracy']:.3f}; featx extract once + fit-head --model linear "
+                  f"{ours['seconds']:.0f} s (extract {ours['extract_seconds']:.0f} s), val accuracy "
+                  f"{ours['val_accuracy']:.3f}: {recipe['seconds'] / ours['seconds']:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()

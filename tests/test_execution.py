@@ -1,0 +1,140 @@
+"""The faster ways to run the frozen base give eager's features, within the stated tolerance."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import featx
+from featx import backbones
+from featx.backbones import BackboneSpec
+from featx.execution import TOLERANCE, _FixedBatch, fold_batchnorm, prepare
+from featx.preprocessing import Preprocessing
+
+from conftest import COLOURS, write_folder, write_image
+
+CPU = torch.device("cpu")
+
+
+def _images(n: int = 4, size: int = 224) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+def _count_bn(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def _relative_error(want: torch.Tensor, got: torch.Tensor) -> float:
+    return ((want - got).abs().max() / want.abs().max()).item()
+
+
+def _randomise_batchnorm(model: nn.Module) -> None:
+    """Random-init BatchNorm is the identity, which folding leaves unchanged whether right or
+    wrong; give every one real statistics and affine parameters."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+
+
+def test_lite0_with_its_real_weights_folds_every_batchnorm_and_keeps_its_features():
+    model = featx.load_backbone()
+    x = _images()
+    folded, n, error = fold_batchnorm(model, x)
+    assert (n, _count_bn(folded), _count_bn(model)) == (49, 0, 49)  # the original is untouched
+    with torch.inference_mode():
+        assert _relative_error(model(x), folded(x)) < TOLERANCE
+    assert error < TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_y_400mf", "vgg11_bn"])
+def test_torchvision_families_fold_and_keep_their_features(name):
+    model = featx.load_backbone(name, weights="none")
+    _randomise_batchnorm(model)
+    x = _images(2)
+    with torch.inference_mode():
+        want = model(x)
+    runner = prepare(model, "fold", CPU, batch_size=2)
+    assert _count_bn(runner) == 0 < _count_bn(model)
+    with torch.inference_mode():
+        assert _relative_error(want, runner(x.contiguous(memory_format=torch.channels_last))) < TOLERANCE
+
+
+class _SharedOutput(nn.Module):
+    """A convolution whose output feeds a BatchNorm and, unnormalised, a residual sum: folding
+    the BatchNorm into the convolution would change the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+@pytest.fixture
+def shared_output_net(monkeypatch):
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
+    featx.register(BackboneSpec(
+        name="shared_output_net", source="tests",
+        preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        build=_SharedOutput, tap=lambda m: m, spatial=True))
+    model = featx.load_backbone("shared_output_net", weights="none")
+    _randomise_batchnorm(model)
+    return model
+
+
+def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eagerly(
+        shared_output_net, caplog):
+    x = _images(2, 16)
+    _, n, error = fold_batchnorm(shared_output_net, x)
+    assert n == 1 and error > 100 * TOLERANCE
+    with caplog.at_level(logging.WARNING, logger="featx"):
+        runner = prepare(shared_output_net, "fold", CPU, batch_size=2)
+    assert runner is shared_output_net and _count_bn(runner) == 1
+    assert any("running it eagerly instead" in m for m in caplog.messages)
+
+
+def test_a_compiled_model_sees_one_batch_size_only():
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x.flatten(1).float().sum(1, keepdim=True)
+
+    fixed = _FixedBatch(Recorder(), batch_size=4)
+    x = _images(3, 8)
+    out = fixed(x)
+    assert seen == [4] and torch.equal(out, Recorder()(x))
+
+
+def test_unknown_execution_is_refused_before_any_image_is_read(tmp_path):
+    with pytest.raises(featx.ConfigError, match=r"^unknown --execution 'fast': choose one of eager, "
+                                                r"fold, compile$"):
+        featx.extract(tmp_path / "does-not-exist", execution="fast")
+
+
+def test_extract_folded_and_decoded_beside_the_model_match_the_plain_path(tmp_path):
+    data = write_folder(tmp_path / "data", {"": 3})
+    for i in range(3):  # JPEGs, which decode="device" hands to torchvision's decoder
+        write_image(data / "red" / f"photo{i}.jpg", COLOURS["red"], size=(300, 240), seed=i)
+    plain = featx.open_cache(featx.extract(data, out=tmp_path / "eager.h5", workers=0, progress=False,
+                                           execution="eager", decode="cpu").path)
+    fast = featx.open_cache(featx.extract(data, out=tmp_path / "fast.h5", workers=0, progress=False,
+                                          execution="fold", decode="device").path)
+    assert plain.paths == fast.paths and len(plain.paths) == 9
+    assert (fast.attrs["execution"], fast.attrs["decode"]) == ("fold", "device")
+    cos = (plain.features * fast.features).sum(1) / (
+        np.linalg.norm(plain.features, axis=1) * np.linalg.norm(fast.features, axis=1))
+    assert cos.min() > 0.9999
