@@ -64,11 +64,12 @@ def size_text(n: int) -> str:
 
 def _batches(features: np.ndarray | DiskFeatures, rows: np.ndarray, size: int,
              rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(rows, features)`` in batches: all at once from memory; from disk, of about ``size`` rows
+    """``(rows, features)`` in batches of about ``size`` rows: from memory, in order; from disk,
     gathered from whole blocks, in file order, or with ``rng`` in a random order of blocks (a
     cache is sorted by class: neighbouring blocks would give a batch of few classes)."""
     if isinstance(features, np.ndarray):
-        yield rows, features[rows]
+        for i in range(0, len(rows), size):
+            yield rows[i:i + size], features[rows[i:i + size]]
         return
     held: list[tuple[np.ndarray, np.ndarray]] = []
     n = 0
