@@ -28,6 +28,21 @@ def _param(text: str) -> tuple[str, object]:
         return key, value
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary unit: ``512M``, ``2G``."""
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except (KeyError, ValueError):
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
+    return size
+
+
 def _runtime(p: argparse.ArgumentParser, batch_size: int | None = 32) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=batch_size,
@@ -56,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE, POOLS
     from .cache import DTYPES
     from .heads import HEADS
+    from .training import MAX_MEMORY, STREAM_EPOCHS, size_text
 
     parser = argparse.ArgumentParser(
         prog="featx", description="Transfer learning on cached features of a frozen pretrained CNN.")
@@ -101,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of train held out for validation when the cache has no val split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="bundle folder (default: beside the cache)")
+    p.add_argument("--max-memory", type=_size, default=MAX_MEMORY, metavar="SIZE",
+                   help=f"features larger than this (e.g. 512M, 4G) are streamed from disk in "
+                        f"blocks, not read whole: linear and mlp heads learn from them that way "
+                        f"({STREAM_EPOCHS} epochs unless -p epochs=N), the others refuse (default "
+                        f"{size_text(MAX_MEMORY)})")
 
     p = command("finetune", "fine-tune the top of the backbone together with a fitted head; write a "
                             "new bundle")
@@ -178,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
         print(r.summary())
     elif args.command == "fit-head":
         r = featx.fit_head(args.cache, model=args.model, params=dict(args.param),
-                           val_split=args.val_split, seed=args.seed, out=args.out)
+                           val_split=args.val_split, seed=args.seed, out=args.out,
+                           max_memory=args.max_memory)
         print(r.summary())
     elif args.command == "finetune":
         augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))

@@ -61,27 +61,67 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> TorchHead:
         X, y = check_X_y(X, y, dtype=np.float32)
+        classes, targets = np.unique(y, return_inverse=True)
+        Xt = torch.from_numpy(X)
+        self._start(classes, X.shape[1], Xt.mean(0), Xt.std(0, correction=0).clamp_min(1e-6))
+        yt = torch.from_numpy(targets)
+        for _ in range(self.epochs):
+            self._epoch(Xt, yt)
+        return self
+
+    def partial_fit(self, X, y, classes=None, scaler: StandardScaler | None = None) -> TorchHead:
+        """One epoch over ``X, y`` in shuffled minibatches, continuing from the last call:
+        scikit-learn's way to train on data too large for memory, a part at a time.
+
+        The first call needs ``classes``, every class of the whole training data, and sets the
+        standardisation: ``scaler``'s mean and std (a ``StandardScaler`` fitted on all the training
+        data, for instance by its own ``partial_fit`` over the same parts), else those of ``X``.
+        Later calls ignore both. ``epochs`` is for ``fit``; here the caller decides how many passes.
+        """
+        X, y = check_X_y(X, y, dtype=np.float32)
+        if not hasattr(self, "classes_"):
+            if classes is None:
+                raise ConfigError("the first call to partial_fit needs classes=, every class of "
+                                  "the training data")
+            if scaler is None:
+                Xt = torch.from_numpy(X)
+                mean, scale = Xt.mean(0), Xt.std(0, correction=0).clamp_min(1e-6)
+            else:
+                mean = torch.from_numpy(scaler.mean_)
+                scale = torch.from_numpy(np.sqrt(scaler.var_)).clamp_min(1e-6)
+            self._start(np.unique(classes), X.shape[1], mean, scale)
+        if X.shape[1] != self.n_features_in_:
+            raise ConfigError(f"X has {X.shape[1]} features, the head was started on "
+                              f"{self.n_features_in_}")
+        unknown = np.setdiff1d(y, self.classes_)
+        if len(unknown):
+            raise ConfigError(f"labels {unknown.tolist()} are not among the classes "
+                              f"{self.classes_.tolist()} given to the first partial_fit")
+        self._epoch(torch.from_numpy(X), torch.from_numpy(np.searchsorted(self.classes_, y)))
+        return self
+
+    def _start(self, classes: np.ndarray, n_features: int, mean: torch.Tensor, scale: torch.Tensor
+               ) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be at least 1, not {self.epochs} and "
                               f"{self.batch_size}")
-        self.classes_, targets = np.unique(y, return_inverse=True)
-        self.n_features_in_ = X.shape[1]
-        g = torch.Generator().manual_seed(self.random_state)
+        self.classes_, self.n_features_in_ = classes, n_features
+        self._generator = torch.Generator().manual_seed(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.module_ = head_module(X.shape[1], len(self.classes_), self.hidden, self.dropout)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(targets)
-        self.module_[0].mean.copy_(Xt.mean(0))
-        self.module_[0].scale.copy_(Xt.std(0, correction=0).clamp_min(1e-6))
-        opt = torch.optim.Adam(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            self.module_ = head_module(n_features, len(classes), self.hidden, self.dropout)
+        self.module_[0].mean.copy_(mean)
+        self.module_[0].scale.copy_(scale)
+        self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.lr,
+                                           weight_decay=self.weight_decay)
+
+    def _epoch(self, X: torch.Tensor, targets: torch.Tensor) -> None:
         self.module_.train()
-        for _ in range(self.epochs):
-            for idx in torch.randperm(len(Xt), generator=g).split(self.batch_size):
-                opt.zero_grad()
-                nn.functional.cross_entropy(self.module_(Xt[idx]), yt[idx]).backward()
-                opt.step()
+        for idx in torch.randperm(len(X), generator=self._generator).split(self.batch_size):
+            self._optimizer.zero_grad()
+            nn.functional.cross_entropy(self.module_(X[idx]), targets[idx]).backward()
+            self._optimizer.step()
         self.module_.eval()
-        return self
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)

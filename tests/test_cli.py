@@ -95,6 +95,19 @@ def test_errors_are_one_line_with_exit_1(capsys, argv, message):
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("text, size", [("2G", 2 << 30), ("512m", 512 << 20), ("1.5K", 1536),
+                                        ("1000", 1000), ("0", None), ("0.0001K", None), ("2X", None),
+                                        ("G", None)])
+def test_max_memory_sizes(capsys, text, size):
+    if size is not None:
+        assert build_parser().parse_args(["fit-head", "x.h5", "--max-memory", text]).max_memory == size
+        return
+    with pytest.raises(SystemExit) as e:
+        main(["fit-head", "x.h5", "--max-memory", text])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"expected a size such as 512M or 2G, got '{text}'" in err
+
+
 def test_a_bad_param_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit-head", "x.h5", "-p", "C"])

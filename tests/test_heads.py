@@ -73,3 +73,26 @@ def test_bad_torch_settings_are_refused_at_fit():
     X, y = _data(2)
     with pytest.raises(featx.ConfigError, match="epochs and batch_size must be at least 1, not 0 and 256"):
         make_head("linear", epochs=0).fit(X, y)
+
+
+def test_partial_fit_epochs_over_all_the_data_are_fit():
+    X, y = _data(3)
+    whole = make_head("linear", epochs=3).fit(X, y)
+    parts = make_head("linear")
+    for _ in range(3):
+        assert parts.partial_fit(X, y, classes=np.unique(y)) is parts
+    np.testing.assert_array_equal(parts.predict_proba(X), whole.predict_proba(X))
+
+
+def test_partial_fit_standardises_by_a_given_scaler():
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _data(2)
+    scaler = StandardScaler().partial_fit(X[:100]).partial_fit(X[100:])
+    head = make_head("mlp").partial_fit(X[:50], y[:50], classes=[0, 1], scaler=scaler)
+    np.testing.assert_allclose(head.module_[0].mean.numpy(), X.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(head.module_[0].scale.numpy(), X.std(0), rtol=1e-4)
+    with pytest.raises(featx.ConfigError, match=r"labels \[7\] are not among the classes \[0, 1\]"):
+        head.partial_fit(X[:2], [0, 7])
+    with pytest.raises(featx.ConfigError, match="the first call to partial_fit needs classes="):
+        make_head("linear").partial_fit(X, y)

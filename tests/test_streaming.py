@@ -1,0 +1,121 @@
+"""Caches over the memory budget: read a block of rows at a time, the torch heads fitted by
+partial_fit, the others refused, and never the whole matrix in memory."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+import featx
+from benchmarks.heads_at_scale import write_blobs
+from featx import training
+from featx.cache import DiskFeatures
+from featx.cli import main
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """3,000 × 256 float32: blocks of 1,024 rows (one HDF5 chunk each), train | val | test rows
+    0–2,399 | 2,400–2,699 | 2,700–2,999, so val and test share the last block."""
+    return write_blobs(tmp_path_factory.mktemp("blobs") / "blobs.h5", 3000, 256, classes=3)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """The number of rows each read of a ``/features`` dataset returns."""
+    seen, getitem = [], h5py.Dataset.__getitem__
+
+    def counted(self, key, *args, **kwargs):
+        out = getitem(self, key, *args, **kwargs)
+        if self.name == "/features":
+            seen.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
+    return seen
+
+
+def test_blocks_hold_exactly_the_rows_of_each_split(blobs, reads):
+    whole = featx.open_cache(blobs)
+    fc = featx.open_cache(blobs, in_memory=False)
+    assert isinstance(fc.features, DiskFeatures) and fc.features.block_rows == 1024
+    assert fc.features.shape == whole.features.shape and fc.features.nbytes == whole.features.nbytes
+    assert np.array_equal(fc.labels, whole.labels) and fc.paths == whole.paths
+    reads.clear()
+    for split in ("train", "val", "test"):
+        rows = np.flatnonzero(fc.splits == split)
+        got = list(fc.features.blocks(rows))
+        idx = np.concatenate([i for i, _ in got])
+        assert np.array_equal(idx, rows)
+        assert np.array_equal(np.concatenate([X for _, X in got]), whole.features[rows])
+        shuffled = list(fc.features.blocks(rows, order=[2, 0, 1]))
+        assert np.array_equal(np.sort(np.concatenate([i for i, _ in shuffled])), rows)
+        for i, X in shuffled:
+            assert np.array_equal(X, whole.features[i])
+    # train: blocks 0, 1, 2, then 2, 0, 1; val and test: block 2 only, twice each.
+    assert reads == [1024, 1024, 952, 952, 1024, 1024, 952, 952, 952, 952]
+
+
+def test_streamed_linear_head_matches_the_in_memory_one(blobs, caplog):
+    memory = featx.fit_head(blobs, model="linear", params={"epochs": 5}, out="memory")
+    with caplog.at_level(logging.INFO, logger="featx"):
+        streamed = featx.fit_head(blobs, model="linear", params={"epochs": 5}, out="streamed",
+                                  max_memory=1 << 20)
+    assert "features of 2.93 MiB, more than the 1 MiB memory budget: streaming them in batches of " \
+           "16384 rows" in caplog.text
+    # All of train fits one batch here, so only the float64 standardisation differs.
+    fc = featx.open_cache(blobs)
+    a, b = (featx.load_bundle(r.bundle).predict_proba(fc.features) for r in (memory, streamed))
+    np.testing.assert_allclose(b, a, atol=1e-4)
+    for split, m in memory.metrics.items():
+        assert streamed.metrics[split]["n"] == m["n"]
+        assert streamed.metrics[split]["accuracy"] == pytest.approx(m["accuracy"], abs=1e-3)
+        assert streamed.metrics[split]["loss"] == pytest.approx(m["loss"], rel=1e-3)
+    assert streamed.plot.name == "confusion_val.png"
+
+
+def test_streaming_never_holds_the_matrix(tmp_path, monkeypatch, reads):
+    cache = write_blobs(tmp_path / "big.h5", 16 * 1024, 256, classes=3)  # 16 MiB, 16 blocks
+    nbytes = 16 * 1024 * 256 * 4
+    monkeypatch.setattr(training, "MIN_BATCH_BLOCKS", 1)  # batches of one block, 1 MiB
+
+    def peak(**kwargs) -> tuple[int, featx.FitResult]:
+        tracemalloc.start()
+        try:
+            r = featx.fit_head(cache, model="linear", params={"epochs": 2}, **kwargs)
+            return tracemalloc.get_traced_memory()[1], r
+        finally:
+            tracemalloc.stop()
+
+    # numpy's arrays, h5py's reads among them, are traced: the in-memory path shows the matrix.
+    assert peak(max_memory=nbytes)[0] > nbytes
+    reads.clear()
+    streamed, r = peak(max_memory=4 << 20)
+    # A few blocks at once (a read, its selected rows, a batch, the scaler's float64 copy) and
+    # the paths as Python strings: under half the matrix.
+    assert streamed < nbytes / 2
+    assert reads and max(reads) <= 1024
+    assert r.metrics["val"]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("model", ["logistic", "svm", "knn"])
+def test_heads_that_need_memory_refuse_above_the_budget(blobs, model):
+    with pytest.raises(featx.ConfigError) as e:
+        featx.fit_head(blobs, model=model, max_memory=1 << 20)
+    assert str(e.value) == (
+        f"{blobs}: its features take 2.93 MiB (3,000 x 256 float32), more than the 1 MiB memory "
+        f"budget, and the {model} head needs them all in memory: use --model linear or mlp, which "
+        f"stream them from disk, or raise --max-memory")
+
+
+def test_the_cli_refuses_in_one_line(blobs, capsys):
+    assert main(["fit-head", str(blobs), "--model", "knn", "--max-memory", "1M"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        f"featx: error: {blobs}: its features take 2.93 MiB (3,000 x 256 float32), more than the "
+        f"1 MiB memory budget, and the knn head needs them all in memory: use --model linear or "
+        f"mlp, which stream them from disk, or raise --max-memory\n")
