@@ -5,7 +5,7 @@
 
 In one run, on the same images, it measures and prints:
   (a) the model-only forward throughput on random uint8 batches, with the layout, precision and
-      execution featx uses (and, beside it, plain eager runs in NCHW and channels_last);
+      execution featx uses (and, beside it, plain torch's eager runs in NCHW and channels_last);
   (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
   (c) a loop in the style of the Keras/PyTorch recipes: PIL decode and transform, forward in
       NCHW, one process, features kept in a list and saved at the end;
@@ -14,9 +14,10 @@ N and 10×N images (the folder repeated by symlinks); fit-head on 200,000 × 2,0
 features; and 10 epochs of a linear head trained the recipes' way (the frozen base run every
 epoch) against featx's extract once + fit-head.
 
-Every measurement runs in a child process of its own, so each memory figure is that run's alone:
-"peak memory" is the largest sum, sampled every 50 ms, of the proportional set size (PSS) of the
-process and its DataLoader workers, so pages the workers share with it are counted once. The
+Every measurement runs in a child process of its own (fit-head's in ``heads_at_scale.py``), so
+each memory figure is that run's alone: "peak memory" is the largest sum, sampled every second, of
+the proportional set size (PSS) of the process and its DataLoader workers, so pages the workers
+share with it are counted once. The
 machine should be otherwise idle; ratios within one run are what to compare across machines.
 """
 
@@ -36,6 +37,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 SECTIONS = ("throughput", "memory", "heads", "epochs")
+# Torch as it comes, without featx's allocator setting: the baselines of (a).
+PLAIN = ("eager-nchw-plain", "eager-plain")
 GiB = 1 << 30
 
 
@@ -57,14 +60,18 @@ def _pss(pid: int) -> int:
     return total
 
 
-def run_child(job: str, **kwargs) -> dict:
-    """Run ``job`` (a function of this file) in a new process; its result, with ``peak_bytes``."""
+def run_child(job: str, plain: bool = False, **kwargs) -> dict:
+    """Run ``job`` (a function of this file) in a new process; its result, with ``peak_bytes``.
+    ``plain``: torch as it comes, without the allocator setting featx makes on import."""
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"} if plain else None
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps([job, kwargs])],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _pss(proc.pid))
-        time.sleep(0.05)
+        # Reading PSS walks the page tables under the process's memory lock, which its page faults
+        # then wait for: sampled often, it slows the run it measures.
+        time.sleep(1.0)
     out = proc.stdout.read()
     if proc.returncode:
         sys.exit(f"bench: the {job} run failed (exit {proc.returncode})")
@@ -75,9 +82,9 @@ def run_child(job: str, **kwargs) -> dict:
 # --- the jobs, each run in its own process ------------------------------------------------------
 
 def job_forward(backbone: str, weights: str | None, batch_size: int, batches: int,
-                executions: list[str]) -> dict:
-    """Images/s of each execution on the same random batch, the executions taking turns batch
-    by batch so that a slow moment of the machine costs each the same."""
+                execution: str) -> dict:
+    """Images/s of one execution on a random batch, run over and over as extraction runs it,
+    and the largest difference of its features from eager channels_last ones."""
     import torch
 
     import featx
@@ -87,31 +94,23 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
     size = model.preprocessing.crop_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for name in executions:
-        if name == "eager-nchw":
-            runs[name] = (featx.load_backbone(backbone, weights), x)
-        else:
-            runs[name] = (prepare(featx.load_backbone(backbone, weights), name, torch.device("cpu"),
-                                  batch_size), x.contiguous(memory_format=torch.channels_last))
-    seconds = dict.fromkeys(runs, 0.0)
-    setup = {}
+    if execution == "eager-nchw":
+        f = model
+    else:
+        f = prepare(model, execution, torch.device("cpu"), batch_size)
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        for name, (f, xx) in runs.items():
-            start = time.perf_counter()
-            f(xx)  # first call: a compiled model compiles here
-            setup[name] = time.perf_counter() - start
-            f(xx)
+        start = time.perf_counter()
+        f(x)  # a compiled model compiles here
+        setup = time.perf_counter() - start
+        f(x)
+        start = time.perf_counter()
         for _ in range(batches):
-            for name, (f, xx) in runs.items():
-                start = time.perf_counter()
-                f(xx)
-                seconds[name] += time.perf_counter() - start
-        ref = runs["eager"][0](x.contiguous(memory_format=torch.channels_last)) if "eager" in runs else None
-        diff = {name: ((f(xx) - ref).abs().max() / ref.abs().max()).item()
-                for name, (f, xx) in runs.items() if ref is not None}
-    return {"rate": {n: batches * batch_size / s for n, s in seconds.items()}, "setup": setup,
-            "relative_difference": diff}
+            out = f(x)
+        rate = batches * batch_size / (time.perf_counter() - start)
+        ref = featx.load_backbone(backbone, weights)(x)
+    return {"rate": rate, "setup": setup,
+            "relative_difference": ((out - ref).abs().max() / ref.abs().max()).item()}
 
 
 def job_extract(data: str, out: str, backbone: str, weights: str | None, batch_size: int,
@@ -206,13 +205,6 @@ def job_featx_epochs(data: str, out: str, backbone: str, weights: str | None, ba
             "val_accuracy": fit.metrics["val"]["accuracy"]}
 
 
-def job_heads(n: int, dim: int, workdir: str) -> dict:
-    sys.path.insert(0, str(HERE))
-    from heads_at_scale import measure
-
-    return measure(n=n, dim=dim, workdir=Path(workdir))
-
-
 JOBS = {name[4:]: f for name, f in globals().items() if name.startswith("job_")}
 
 
@@ -247,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    "cannot be downloaded (speed does not depend on them)")
     p.add_argument("--data", nargs="+", type=Path,
                    default=[SHARED / "flowers128", SHARED / "hymenoptera"])
-    p.add_argument("--images", type=int, default=640, help="images per dataset (default 640; 0: all)")
+    p.add_argument("--images", type=int, default=1600, help="images per dataset (default 1600; 0: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--execution", default="fold", help="featx's execution for (a) and (b)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile in (a)")
@@ -261,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.child:
         job, kwargs = json.loads(args.child)
-        print(json.dumps(JOBS[job](**kwargs)))
+        result = JOBS[job](**kwargs)
+        with open("/proc/self/status") as f:  # the exact peak of the main process alone
+            result["main_peak_bytes"] = next(int(line.split()[1]) * 1024 for line in f
+                                             if line.startswith("VmHWM:"))
+        print(json.dumps(result))
         return
     sections = args.only.split(",")
     model = dict(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size)
@@ -274,25 +270,26 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
         work = Path(tmp)
         if "throughput" in sections:
-            executions = ["eager-nchw", "eager", *dict.fromkeys([args.execution, "fold"])]
-            executions += ["compile"] * (args.compile and "compile" not in executions)
-            a = run_child("forward", **model, batches=args.forward_batches, executions=executions)
-            limit = a["rate"][args.execution]
-            print("(a) forward limit, random uint8 batches: " + ", ".join(
-                f"{n} {r:.1f} img/s" for n, r in a["rate"].items()))
-            print(f"    {args.execution} vs eager channels_last: {limit / a['rate']['eager']:.2f}x; "
-                  f"largest feature difference from eager (relative): "
-                  + ", ".join(f"{n} {d:.1e}" for n, d in a["relative_difference"].items() if n != "eager"))
-            if "compile" in a["setup"]:
-                print(f"    compile: first batch took {a['setup']['compile']:.0f} s (compiling)")
+            runs = {name: run_child("forward", plain=name in PLAIN, **model,
+                                    execution=name.removesuffix("-plain"), batches=args.forward_batches)
+                    for name in dict.fromkeys([*PLAIN, "eager", args.execution, "fold",
+                                               *["compile"] * args.compile])}
+            limit, eager = runs[args.execution]["rate"], runs["eager-plain"]["rate"]
+            print("(a) forward limit, random uint8 batches, img/s: " + ", ".join(
+                f"{name} {r['rate']:.1f}" for name, r in runs.items()))
+            print(f"    {args.execution}: {limit / eager:.2f}x plain torch's eager channels_last; largest "
+                  f"feature difference from eager (relative): " + ", ".join(
+                      f"{n} {r['relative_difference']:.1e}" for n, r in runs.items()))
+            if args.compile:
+                print(f"    compile: the first batch took {runs['compile']['setup']:.0f} s (compiling)")
             print(f"{'dataset':14s} {'images':>6s} {'(a) limit':>10s} {'(b) extract':>12s} "
                   f"{'(c) recipe':>11s} {'b/a':>5s} {'b/c':>5s} {'peak mem b':>11s} {'peak mem c':>11s}")
             for data in args.data:
                 folder, n = subset(data, args.images or None, work / data.name)
                 b = run_child("extract", data=str(folder), out=str(work / f"{data.name}.h5"),
                               **model, execution=args.execution)
-                c = run_child("recipe", data=str(folder), out=str(work / f"{data.name}-recipe.h5"),
-                              **model)
+                c = run_child("recipe", plain=True, data=str(folder),
+                              out=str(work / f"{data.name}-recipe.h5"), **model)
                 rb, rc = b["images"] / b["seconds"], c["images"] / c["seconds"]
                 print(f"{data.name:14s} {n:6d} {limit:10.1f} {rb:12.1f} {rc:11.1f} {rb / limit:5.2f} "
                       f"{rb / rc:5.2f} {_gib(b['peak_bytes']):>11s} {_gib(c['peak_bytes']):>11s}",
@@ -310,14 +307,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"({data.name}, linked 10 times) at {_gib(r10['peak_bytes'])}: "
                   f"x{r10['peak_bytes'] / r1['peak_bytes']:.3f} for 10x the images", flush=True)
         if "heads" in sections:
-            r = run_child("heads", n=args.heads_n, dim=args.heads_dim, workdir=str(work))
-            print(f"heads: {r['summary']}", flush=True)
+            from heads_at_scale import measure  # beside this file, on sys.path
+
+            r = measure(args.heads_n, args.heads_dim, workdir=work)
+            print(f"heads: fit-head --model linear on {r['n']:,} x {r['dim']:,} float32 features "
+                  f"({_gib(r['nbytes'])}, streamed from HDF5): {r['seconds']:.0f} s, peak RSS "
+                  f"{_gib(r['peak_rss'])} ({_gib(r['baseline_rss'])} of it torch and scikit-learn "
+                  f"imported, before any feature is read), val accuracy {r['accuracy']:.3f}", flush=True)
         if "epochs" in sections:
             data = next((d for d in args.data if (d / "train").is_dir() and (d / "val").is_dir()), None)
             if data is None:
                 print("epochs: skipped, no dataset with train/ and val/ folders")
                 return
-            recipe = run_child("recipe_epochs", data=str(data), **model, epochs=args.epochs,
+            recipe = run_child("recipe_epochs", plain=True, data=str(data), **model, epochs=args.epochs,
                                workers=os.cpu_count() or 1)
             ours = run_child("featx_epochs", data=str(data), out=str(work / "epochs.h5"), **model)
             print(f"epochs: {data.name}, a linear head for {args.epochs} epochs the recipes' way "

@@ -81,9 +81,10 @@ def default_workers() -> int:
 
 def _lower_priority(_worker_id: int) -> None:
     # Decoding needs a small share of the CPU that the model's threads keep busy. At normal
-    # priority a worker preempts one of them, and the rest wait for it at the next barrier; niced,
-    # workers run in the gaps and fill the prefetch queue, and the model is not slowed.
-    os.nice(10)
+    # priority a worker pre-empts one of them, and the rest wait for it at the next barrier; at
+    # the lowest priority workers mostly run in the gaps and fill the prefetch queue. (SCHED_IDLE
+    # measured no better here, and would all but stop decoding on a machine busy with other work.)
+    os.nice(19)
 
 
 @dataclass
@@ -119,12 +120,13 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, device: torch.device,
         reader, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
         collate_fn=collate_encoded if on_device else collate,
         prefetch_factor=4 if workers else None, worker_init_fn=_lower_priority)
+    batches = iter(loader)  # the workers start decoding while the model is being prepared
     runner = execution_mod.prepare(model, execution, device, batch_size)
     autocast = autocast_for(device)
     bar = tqdm(total=len(reader), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     skipped = 0
     with bar, torch.inference_mode(), autocast:
-        for batch in loader:
+        for batch in batches:
             if on_device:
                 batch = decode_batch(batch, model.preprocessing, device)
             features = np.empty((0, model.feature_dim), np.float32)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -138,3 +141,14 @@ def test_extract_folded_and_decoded_beside_the_model_match_the_plain_path(tmp_pa
     cos = (plain.features * fast.features).sum(1) / (
         np.linalg.norm(plain.features, axis=1) * np.linalg.norm(fast.features, axis=1))
     assert cos.min() > 0.9999
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("0", "0")])
+def test_importing_featx_turns_on_huge_pages_for_torch_unless_the_user_chose(given, seen):
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    code = "import os, featx; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == seen
