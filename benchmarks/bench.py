@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
             (n1, r1), (n10, r10) = runs
             print(f"memory: extract of {n1} images peaks at {_gib(r1['peak_bytes'])}, of {n10} "
                   f"({data.name}, linked 10 times) at {_gib(r10['peak_bytes'])}: "
-                  f"x{r10['peak_bytes'] / r1['peak_bytes']:.3f} for 10x the images", flush=True)
+                  f"x{r10['peak_bytes'] / r1['peak_bytes']:.3f} for 10x the images; the main process "
+                  f"alone (exact VmHWM) {_gib(r1['main_peak_bytes'])} and {_gib(r10['main_peak_bytes'])}",
+                  flush=True)
         if "heads" in sections:
             from heads_at_scale import measure  # beside this file, on sys.path
 

@@ -7,8 +7,9 @@ feature map. Which convolution feeds which BatchNorm is read off a real forward 
 module tree, so it works for any backbone; the folded copy is then checked against the original on
 that same batch; if its features differ by more than ``TOLERANCE`` the model runs eagerly.
 
-``compile`` goes further (operator fusion, weights pre-packed for oneDNN) at a one-off cost of a
-minute or more on a small CPU, which only a long extraction pays back; it is never the default.
+``compile`` adds ``torch.compile`` (operator fusion, weights pre-packed for oneDNN) on top of the
+fold. It compiles for a minute or more, and on a 2-core CPU it measured no faster than the fold
+alone, so it is never the default: use it where a benchmark shows that it pays.
 """
 
 from __future__ import annotations
