@@ -6,6 +6,7 @@
 In one run, on the same images, it measures and prints:
   (a) the model-only forward throughput on random uint8 batches, with the layout, precision and
       execution featx uses (and, beside it, plain torch's eager runs in NCHW and channels_last);
+      measured again just before each dataset's (b), for its b/a;
   (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
   (c) a loop in the style of the Keras/PyTorch recipes: PIL decode and transform, forward in
       NCHW, one process, features kept in a list and saved at the end;
@@ -286,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{'(c) recipe':>11s} {'b/a':>5s} {'b/c':>5s} {'peak mem b':>11s} {'peak mem c':>11s}")
             for data in args.data:
                 folder, n = subset(data, args.images or None, work / data.name)
+                # The limit again, just before (b): this machine's speed drifts over minutes, and
+                # b/a should compare two runs made under the same conditions.
+                limit = run_child("forward", **model, execution=args.execution,
+                                  batches=args.forward_batches)["rate"]
                 b = run_child("extract", data=str(folder), out=str(work / f"{data.name}.h5"),
                               **model, execution=args.execution)
                 c = run_child("recipe", plain=True, data=str(folder),
