@@ -108,6 +108,29 @@ def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eag
     assert any("running it eagerly instead" in m for m in caplog.messages)
 
 
+@pytest.fixture
+def tiny_bn_net(monkeypatch):
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
+    featx.register(BackboneSpec(
+        name="tiny_bn_net", source="tests",
+        preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        build=lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)),
+        tap=lambda m: m, spatial=True))
+    model = featx.load_backbone("tiny_bn_net", weights="none")
+    _randomise_batchnorm(model)
+    return model
+
+
+def test_compiled_features_match_eager_on_a_short_batch(tiny_bn_net, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiled here, not reused
+    x = _images(3, 16).contiguous(memory_format=torch.channels_last)  # shorter than the batch
+    runner = prepare(tiny_bn_net, "compile", CPU, batch_size=4)
+    with torch.inference_mode():
+        want, got = tiny_bn_net(x), runner(x)
+    assert got.shape == want.shape and _relative_error(want, got) < TOLERANCE
+
+
 def test_a_compiled_model_sees_one_batch_size_only():
     seen = []
 
