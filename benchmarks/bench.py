@@ -40,7 +40,6 @@ SHARED = HERE.parent.parent / "shared" / "data"
 SECTIONS = ("throughput", "memory", "heads", "epochs")
 # Torch as it comes, without featx's allocator setting: the baselines of (a).
 PLAIN = ("eager-nchw-plain", "eager-plain")
-GiB = 1 << 30
 
 
 # --- measuring a child process ------------------------------------------------------------------
@@ -229,10 +228,6 @@ def subset(data: Path, n: int | None, dest: Path, copies: int = 1) -> tuple[Path
 
 # --- the report ---------------------------------------------------------------------------------
 
-def _gib(b: float) -> str:
-    return f"{b / GiB:.2f} GiB"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="efficientnet_lite0")
@@ -264,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     model = dict(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size)
 
     import torch
+
+    from featx.training import size_text
 
     print(f"featx benchmark: {args.backbone} (weights {args.weights or 'default'}), batch "
           f"{args.batch_size}, float32, execution {args.execution}; {os.cpu_count()} CPU cores "
@@ -297,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                               out=str(work / f"{data.name}-recipe.h5"), **model)
                 rb, rc = b["images"] / b["seconds"], c["images"] / c["seconds"]
                 print(f"{data.name:14s} {n:6d} {limit:10.1f} {rb:12.1f} {rc:11.1f} {rb / limit:5.2f} "
-                      f"{rb / rc:5.2f} {_gib(b['peak_bytes']):>11s} {_gib(c['peak_bytes']):>11s}",
+                      f"{rb / rc:5.2f} {size_text(b['peak_bytes']):>11s} "
+                      f"{size_text(c['peak_bytes']):>11s}",
                       flush=True)
         if "memory" in sections:
             data = args.data[0]
@@ -308,18 +306,20 @@ def main(argv: list[str] | None = None) -> None:
                               **model, execution=args.execution)
                 runs.append((n, r))
             (n1, r1), (n10, r10) = runs
-            print(f"memory: extract of {n1} images peaks at {_gib(r1['peak_bytes'])}, of {n10} "
-                  f"({data.name}, linked 10 times) at {_gib(r10['peak_bytes'])}: "
+            print(f"memory: extract of {n1} images peaks at {size_text(r1['peak_bytes'])}, of {n10} "
+                  f"({data.name}, linked 10 times) at {size_text(r10['peak_bytes'])}: "
                   f"x{r10['peak_bytes'] / r1['peak_bytes']:.3f} for 10x the images; the main process "
-                  f"alone (exact VmHWM) {_gib(r1['main_peak_bytes'])} and {_gib(r10['main_peak_bytes'])}",
+                  f"alone (exact VmHWM) {size_text(r1['main_peak_bytes'])} and "
+                  f"{size_text(r10['main_peak_bytes'])}",
                   flush=True)
         if "heads" in sections:
             from heads_at_scale import measure  # beside this file, on sys.path
 
             r = measure(args.heads_n, args.heads_dim, workdir=work)
             print(f"heads: fit-head --model linear on {r['n']:,} x {r['dim']:,} float32 features "
-                  f"({_gib(r['nbytes'])}, streamed from HDF5): {r['seconds']:.0f} s, peak RSS "
-                  f"{_gib(r['peak_rss'])} ({_gib(r['baseline_rss'])} of it torch and scikit-learn "
+                  f"({size_text(r['nbytes'])}, streamed from HDF5): {r['seconds']:.0f} s, peak RSS "
+                  f"{size_text(r['peak_rss'])} ({size_text(r['baseline_rss'])} of it torch and "
+                  f"scikit-learn "
                   f"imported, before any feature is read), val accuracy {r['accuracy']:.3f}", flush=True)
         if "epochs" in sections:
             data = next((d for d in args.data if (d / "train").is_dir() and (d / "val").is_dir()), None)

@@ -46,6 +46,11 @@ def head_module(n_features: int, n_classes: int, hidden: int, dropout: float) ->
     return nn.Sequential(*layers)
 
 
+def _standardisation(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) std of each feature; a constant feature is divided by 1e-6, not 0."""
+    return X.mean(0), X.std(0, correction=0).clamp_min(1e-6)
+
+
 class TorchHead(ClassifierMixin, BaseEstimator):
     """A dense head trained with Adam on standardised features (the recipes' Dense/Linear heads)."""
 
@@ -63,7 +68,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         X, y = check_X_y(X, y, dtype=np.float32)
         classes, targets = np.unique(y, return_inverse=True)
         Xt = torch.from_numpy(X)
-        self._start(classes, X.shape[1], Xt.mean(0), Xt.std(0, correction=0).clamp_min(1e-6))
+        self._start(classes, X.shape[1], *_standardisation(Xt))
         yt = torch.from_numpy(targets)
         for _ in range(self.epochs):
             self._epoch(Xt, yt)
@@ -84,8 +89,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
                 raise ConfigError("the first call to partial_fit needs classes=, every class of "
                                   "the training data")
             if scaler is None:
-                Xt = torch.from_numpy(X)
-                mean, scale = Xt.mean(0), Xt.std(0, correction=0).clamp_min(1e-6)
+                mean, scale = _standardisation(torch.from_numpy(X))
             else:
                 mean = torch.from_numpy(scaler.mean_)
                 scale = torch.from_numpy(np.sqrt(scaler.var_)).clamp_min(1e-6)

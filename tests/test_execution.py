@@ -85,16 +85,21 @@ class _SharedOutput(nn.Module):
         return self.bn(y) + y
 
 
-@pytest.fixture
-def shared_output_net(monkeypatch):
+def _tiny_backbone(monkeypatch, name: str, build) -> featx.FeatureExtractor:
+    """A backbone of the test's own on 16×16 inputs, registered for this test only, with real
+    BatchNorm statistics."""
     monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
     featx.register(BackboneSpec(
-        name="shared_output_net", source="tests",
-        preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
-        build=_SharedOutput, tap=lambda m: m, spatial=True))
-    model = featx.load_backbone("shared_output_net", weights="none")
+        name=name, source="tests", preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        build=build, tap=lambda m: m, spatial=True))
+    model = featx.load_backbone(name, weights="none")
     _randomise_batchnorm(model)
     return model
+
+
+@pytest.fixture
+def shared_output_net(monkeypatch):
+    return _tiny_backbone(monkeypatch, "shared_output_net", _SharedOutput)
 
 
 def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eagerly(
@@ -110,16 +115,8 @@ def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eag
 
 @pytest.fixture
 def tiny_bn_net(monkeypatch):
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
-    featx.register(BackboneSpec(
-        name="tiny_bn_net", source="tests",
-        preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
-        build=lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                                    nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)),
-        tap=lambda m: m, spatial=True))
-    model = featx.load_backbone("tiny_bn_net", weights="none")
-    _randomise_batchnorm(model)
-    return model
+    return _tiny_backbone(monkeypatch, "tiny_bn_net", lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)))
 
 
 def test_compiled_features_match_eager_on_a_short_batch(tiny_bn_net, tmp_path, monkeypatch):
