@@ -5,8 +5,13 @@
     featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
     featx.check(DATA)                -> CheckReport (unreadable files, duplicates, leakage)
+
+Every name below is loaded on first use (the Scientific Python SPEC 1 pattern): ``import featx``
+and ``featx --help`` import neither torch nor scikit-learn; ``featx.extract`` imports what
+extraction needs the first time it is touched.
 """
 
+import importlib
 import os
 
 # Torch allocates every large activation anew, and the kernel maps it in 4 KiB page faults: on a
@@ -16,44 +21,41 @@ import os
 # the user set is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-__version__ = "0.1.0"
+from .version import __version__
 
-from .backbones import (
-    DEFAULT_BACKBONE,
-    BackboneSpec,
-    FeatureExtractor,
-    get_backbone,
-    list_backbones,
-    load_backbone,
-    register,
-)
-from .bundle import Bundle, load_bundle
-from .cache import FeatureCache, open_cache
-from .checking import CheckReport, check
-from .data import load_rgb, scan
-from .demo import run_demo
-from .errors import (
-    BundleError,
-    CacheError,
-    ConfigError,
-    DataError,
-    FeatxError,
-    UnknownBackboneError,
-    WeightsUnavailableError,
-)
-from .extraction import ExtractResult, extract
-from .finetuning import FinetuneResult, finetune
-from .heads import HEADS, TorchHead, make_head
-from .preprocessing import Preprocessing
-from .scoring import ScoreResult, score
-from .training import FitResult, fit_head
+# Public name -> the module that defines it.
+_API = {
+    "extract": "extraction", "ExtractResult": "runner", "update_cache": "runner",
+    "fit_head": "fitting.fit", "FitResult": "fitting.fit",
+    "finetune": "finetuning.run", "FinetuneResult": "finetuning.run", "Recipe": "finetuning.recipe",
+    "score": "scoring", "ScoreResult": "scoring",
+    "check": "checking", "CheckReport": "checking",
+    "run_demo": "demo",
+    "Runtime": "runtime",
+    "FeatureIdentity": "identity",
+    "DEFAULT_BACKBONE": "backbones.registry", "register": "backbones.registry",
+    "unregister": "backbones.registry", "get_backbone": "backbones.registry",
+    "list_backbones": "backbones.registry",
+    "BackboneSpec": "backbones.spec", "Preprocessing": "backbones.preprocessing",
+    "FeatureExtractor": "backbones.extractor", "load_backbone": "backbones.extractor",
+    "Bundle": "bundle", "load_bundle": "bundle",
+    "FeatureCache": "cache.reader", "open_cache": "cache.reader", "write_cache": "cache.writer",
+    "scan": "data.folders", "load_rgb": "data.images",
+    "HEADS": "heads.registry", "make_head": "heads.registry", "TorchHead": "heads.torch_head",
+    "FeatxError": "errors", "BundleError": "errors", "CacheError": "errors", "ConfigError": "errors",
+    "DataError": "errors", "UnknownBackboneError": "errors", "WeightsUnavailableError": "errors",
+}
 
-__all__ = [
-    "DEFAULT_BACKBONE", "HEADS", "BackboneSpec", "Bundle", "BundleError", "CacheError",
-    "CheckReport", "ConfigError", "DataError", "ExtractResult", "FeatureCache", "FeatureExtractor",
-    "FeatxError", "FinetuneResult", "FitResult", "Preprocessing", "ScoreResult", "TorchHead",
-    "UnknownBackboneError", "WeightsUnavailableError", "check", "extract", "finetune", "fit_head",
-    "get_backbone", "list_backbones",
-    "load_backbone", "load_bundle", "load_rgb", "make_head", "open_cache", "register", "run_demo", "scan",
-    "score",
-]
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'featx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

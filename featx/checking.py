@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import SPLITS, Sample, error_line, read_image, scan
-from .extraction import default_workers
+from .data.folders import SPLITS, Sample, scan
+from .data.images import error_line, read_image
+from .runtime import default_workers
 
 
 @dataclass

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import logging
 import sys
+
+from .errors import FeatxError
 
 EXAMPLES = {
     "backbones": "featx backbones",
@@ -43,35 +46,88 @@ def _size(text: str) -> int:
     return size
 
 
-def _runtime(p: argparse.ArgumentParser, batch_size: int | None = 32) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"images per forward pass (default {batch_size or '32 on the CPU, 256 on a GPU'})")
-    p.add_argument("--workers", type=int, default=None,
+def _default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = True) -> None:
+    """The ``Runtime`` options; ``speed``: also how the base runs and where JPEGs are decoded."""
+    from .runtime import DECODES, EXECUTIONS, Runtime
+
+    p.add_argument("--device", default=_default(Runtime, "device"),
+                   help="auto (CUDA if available), cpu or cuda")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=_default(Runtime, "batch_size"),
+                       help="images per forward pass (default 32 on the CPU, 256 on a GPU)")
+    p.add_argument("--workers", type=int, default=_default(Runtime, "workers"),
                    help="image-decoding worker processes (default: one per CPU core, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if speed:
+        execution = _default(Runtime, "execution")
+        p.add_argument("--execution", default=execution, choices=EXECUTIONS,
+                       help=f"how the frozen base runs (default {execution}: BatchNorm folded into "
+                            f"the convolutions, checked against eager; compile: torch.compile, which "
+                            f"pays a minute or more of compiling)")
+        p.add_argument("--decode", default=_default(Runtime, "decode"), choices=DECODES,
+                       help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
+                            "default auto: device on a GPU")
 
 
-def _speed(p: argparse.ArgumentParser) -> None:
-    from .execution import DEFAULT_EXECUTION, EXECUTIONS
-    from .extraction import DECODES
+def _runtime_of(args: argparse.Namespace):
+    from .runtime import Runtime
 
-    p.add_argument("--execution", default=DEFAULT_EXECUTION, choices=EXECUTIONS,
-                   help=f"how the frozen base runs (default {DEFAULT_EXECUTION}: BatchNorm folded into "
-                        f"the convolutions, checked against eager; compile: torch.compile, which pays "
-                        f"a minute or more of compiling)")
-    p.add_argument("--decode", default="auto", choices=DECODES,
-                   help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
-                        "default auto: device on a GPU")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Runtime) if hasattr(args, f.name)}
+    return Runtime(**given, progress=not args.no_progress)
+
+
+# Recipe fields as options: (type, metavar, help); each default is Recipe's own.
+_RECIPE_OPTIONS = {
+    "unfreeze": (str, "top:N|all|none|auto", "top:N (the last N blocks of the base), all, none, or "
+                 "auto: the backbone's default, else the top third of its blocks"),
+    "epochs": (int, "N", "at most this many epochs"),
+    "patience": (int, "N", "stop after this many epochs without a better val accuracy"),
+    "batch_size": (int, "N", "images per training step"),
+    "lr": (float, "RATE", "AdamW peak learning rate"),
+    "lr_decay": (float, "F", "each lower block learns at this times the rate of the one above "
+                 "(1: all alike)"),
+    "weight_decay": (float, "F", "AdamW weight decay"),
+    "warmup": (float, "EPOCHS", "epochs of linear warm-up before the cosine decay"),
+    "clip": (float, "NORM", "clip the gradient norm to this (0: no clipping)"),
+    "seed": (int, "N", "seeds shuffling, augmentation and dropout"),
+}
+
+
+def _recipe(p: argparse.ArgumentParser) -> None:
+    from .data.augmentation import AUGMENTATIONS
+    from .finetuning.recipe import Recipe
+
+    for name, (kind, metavar, text) in _RECIPE_OPTIONS.items():
+        default = _default(Recipe, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, metavar=metavar,
+                       help=f"{text} (default {default})")
+    p.add_argument("--train-bn", action="store_true",
+                   help="let BatchNorm re-estimate its statistics (default: kept frozen)")
+    p.add_argument("--augment", default=",".join(_default(Recipe, "augment")), metavar="LIST",
+                   help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none (default: all)")
+
+
+def _recipe_of(args: argparse.Namespace):
+    from .finetuning.recipe import Recipe
+
+    augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))
+    return Recipe(**{name: getattr(args, name) for name in _RECIPE_OPTIONS},
+                  train_bn=args.train_bn, augment=augment)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .augmentation import AUGMENTATIONS
-    from .backbones import DEFAULT_BACKBONE, POOLS
-    from .cache import DTYPES
-    from .heads import HEADS
-    from .training import MAX_MEMORY, STREAM_EPOCHS, size_text
+    from .backbones.registry import DEFAULT_BACKBONE
+    from .backbones.spec import POOLS
+    from .files import size_text
+    from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
+    from .heads.registry import DEFAULT_HEAD, HEADS
+    from .identity import DTYPES
+    from .runtime import Runtime
+    from .version import __version__
 
     parser = argparse.ArgumentParser(
         prog="featx", description="Transfer learning on cached features of a frozen pretrained CNN.")
@@ -88,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", "read every image of a folder without extracting: list what extract would "
                          "skip and why, and images whose bytes repeat (across splits: leakage)")
     p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=_default(Runtime, "workers"),
                    help="image-decoding processes (default: one per CPU core, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -105,17 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .h5 file, or a folder for the default name (default cache/)")
     p.add_argument("--force", action="store_true",
                    help="extract every image again, ignoring the cache and any interrupted run")
-    _runtime(p, batch_size=None)
-    _speed(p)
+    _runtime(p)
 
     p = command("fit-head", "train a light classifier on cached features; write a model bundle")
     p.add_argument("cache", help="the .h5 file `featx extract` wrote")
-    p.add_argument("--model", default="logistic", choices=list(HEADS), help="default logistic")
+    p.add_argument("--model", default=DEFAULT_HEAD, choices=list(HEADS), help=f"default {DEFAULT_HEAD}")
     p.add_argument("--param", "-p", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="a parameter of the head's classifier, e.g. -p C=0.5 or -p epochs=50; repeatable")
-    p.add_argument("--val-split", type=float, default=0.2,
-                   help="fraction of train held out for validation when the cache has no val split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-split", type=float, default=VAL_SPLIT,
+                   help=f"fraction of train held out for validation when the cache has no val split "
+                        f"(default {VAL_SPLIT})")
+    p.add_argument("--seed", type=int, default=SEED, help="seeds that split")
     p.add_argument("--out", default=None, help="bundle folder (default: beside the cache)")
     p.add_argument("--max-memory", type=_size, default=MAX_MEMORY, metavar="SIZE",
                    help=f"features larger than this (e.g. 512M, 4G) are streamed from disk in "
@@ -129,39 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="BUNDLE",
                    help="the bundle `featx fit-head` wrote (a logistic, linear or mlp head)")
     p.add_argument("--out", default=None, help="new bundle folder (default: BUNDLE.finetuned)")
-    p.add_argument("--unfreeze", default="auto", metavar="top:N|all|none|auto",
-                   help="top:N (the last N blocks of the base), all, none, or auto: the backbone's "
-                        "default, the top third of its blocks (default auto)")
-    p.add_argument("--train-bn", action="store_true",
-                   help="let BatchNorm re-estimate its statistics (default: kept frozen)")
-    p.add_argument("--epochs", type=int, default=10, metavar="N",
-                   help="at most this many epochs (default 10)")
-    p.add_argument("--patience", type=int, default=3, metavar="N",
-                   help="stop after this many epochs without a better val accuracy (default 3)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default 1e-4)")
-    p.add_argument("--lr-decay", type=float, default=1.0, metavar="F",
-                   help="each lower block learns at this times the rate of the one above (default 1: "
-                        "all alike)")
-    p.add_argument("--weight-decay", type=float, default=0.01, metavar="F",
-                   help="AdamW weight decay (default 0.01)")
-    p.add_argument("--warmup", type=float, default=1.0, metavar="EPOCHS",
-                   help="epochs of linear warm-up before the cosine decay (default 1)")
-    p.add_argument("--clip", type=float, default=1.0, metavar="NORM",
-                   help="clip the gradient norm to this (default 1; 0: no clipping)")
-    p.add_argument("--augment", default=",".join(AUGMENTATIONS), metavar="LIST",
-                   help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none "
-                        f"(default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    _recipe(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune")
-    _runtime(p)
+    _runtime(p, speed=False, batch_size=False)
 
     p = command("score", "classify every image under a folder with a model bundle; write a CSV")
     p.add_argument("folder", help="images to score, searched recursively")
     p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
-    _runtime(p, batch_size=None)
-    _speed(p)
+    _runtime(p)
 
     p = command("demo", "extract, fit and score scikit-learn's digits offline with the default backbone")
     p.add_argument("--data", default="data/digits", help="where to write the digit images")
@@ -171,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backbones() -> None:
-    from .backbones import get_backbone, list_backbones
-    from .weights import is_on_disk
+    from .backbones.registry import get_backbone, list_backbones
+    from .backbones.weights import is_on_disk
 
     print(f"{'name':22s} {'dim':>5s} {'input':>5s}  {'weights':9s} source")
     for name in list_backbones():
@@ -190,10 +223,7 @@ def run(args: argparse.Namespace) -> None:
         print(featx.check(args.data, workers=args.workers, progress=not args.no_progress).summary())
     elif args.command == "extract":
         r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
-                          out=args.out, dtype=args.dtype, device=args.device,
-                          batch_size=args.batch_size, workers=args.workers,
-                          progress=not args.no_progress, force=args.force,
-                          execution=args.execution, decode=args.decode)
+                          out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args))
         for path, err in r.failed:
             print(f"skipped {path}: {err}")
         print(r.summary())
@@ -203,18 +233,12 @@ def run(args: argparse.Namespace) -> None:
                            max_memory=args.max_memory)
         print(r.summary())
     elif args.command == "finetune":
-        augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))
-        r = featx.finetune(args.data, args.source, out=args.out, unfreeze=args.unfreeze,
-                           train_bn=args.train_bn, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, lr_decay=args.lr_decay, weight_decay=args.weight_decay,
-                           warmup=args.warmup, clip=args.clip, augment=augment,
-                           patience=args.patience, seed=args.seed, resume=args.resume,
-                           device=args.device, workers=args.workers, progress=not args.no_progress)
+        r = featx.finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
+                           resume=args.resume, runtime=_runtime_of(args))
         print(r.summary())
     elif args.command == "score":
         r = featx.score(args.folder, args.model, out=args.out, weights=args.weights,
-                        device=args.device, batch_size=args.batch_size, workers=args.workers,
-                        progress=not args.no_progress, execution=args.execution, decode=args.decode)
+                        runtime=_runtime_of(args))
         print(r.summary())
     elif args.command == "demo":
         r = featx.run_demo(args.data, args.cache, progress=not args.no_progress)
@@ -234,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("featx")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    from .errors import FeatxError
-
     try:
         run(args)
     except FeatxError as e:

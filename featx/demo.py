@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .extraction import ExtractResult, extract
+from .backbones.registry import DEFAULT_BACKBONE
+from .extraction import extract
+from .fitting.fit import FitResult, fit_head
+from .runner import ExtractResult
+from .runtime import Runtime
 from .scoring import ScoreResult, score
-from .training import FitResult, fit_head
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +49,15 @@ class DemoResult:
 
 
 def run_demo(data: str | Path = "data/digits", cache_dir: str | Path = "cache",
-             backbone: str = "efficientnet_lite0", progress: bool = True) -> DemoResult:
+             backbone: str = DEFAULT_BACKBONE, progress: bool = True) -> DemoResult:
     """extract → fit-head → score on the digits, with the default (offline) backbone."""
     data = Path(data)
     if not (data / "test").is_dir():
         log.info("writing scikit-learn's digits as images under %s", data)
         write_digits(data)
-    extracted = extract(data, backbone=backbone, out=cache_dir, progress=progress)
+    runtime = Runtime(progress=progress)
+    extracted = extract(data, backbone=backbone, out=cache_dir, runtime=runtime)
     fitted = fit_head(extracted.path, model="logistic")
     scored = score(data / "test", fitted.bundle, out=Path(cache_dir) / "scores" / "digits-test.csv",
-                   progress=progress, cache_dir=cache_dir)
+                   cache_dir=cache_dir, runtime=runtime)
     return DemoResult(extracted, fitted, scored)

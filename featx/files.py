@@ -1,4 +1,4 @@
-"""Files on disk: content hashes, and writes that a crash leaves either undone or whole."""
+"""Files on disk: content hashes, writes that a crash leaves either undone or whole, sizes in words."""
 
 from __future__ import annotations
 
@@ -42,3 +42,11 @@ def durable_write(path: Path, tmp: Path | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def size_text(n: int) -> str:
+    """Bytes as people read them: ``1.53 GiB``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"

@@ -23,7 +23,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,8 +34,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
-from .data import Batch, check_file, error_line, load_rgb, open_image, read_image
-from .preprocessing import Preprocessing
+from ..backbones.preprocessing import Preprocessing
+from .images import check_file, error_line, load_rgb, open_image, read_image
+from .readers import Batch, Item, ReadBatch, Reader, sort_items
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # Decoded pixels per decode_jpeg call: 3 bytes each, so ~800 MB of device memory at a time, however
@@ -81,63 +82,46 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
         return None
 
 
-class RawReader(torch.utils.data.Dataset):
-    """Yields (index, ``Jpeg`` or uint8 crop or None, sha256 of the file, error or None); runs
-    inside DataLoader workers. A JPEG is read once, for its bytes and their hash."""
+class RawReader(Reader):
+    """A JPEG's bytes (``Jpeg``), read once for them and their hash; any other file decoded and
+    cropped by ``crop`` as ``ImageReader`` does."""
 
     def __init__(self, root: Path, paths: list[Path], crop: Callable[[Image.Image], torch.Tensor]):
-        self.root, self.paths, self.crop = root, paths, crop
+        super().__init__(root, paths)
+        self.crop = crop
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, Jpeg | torch.Tensor | None, str, str | None]:
-        path = self.root / self.paths[i]
-        try:
-            check_file(path)
-            with open(path, "rb") as f:
-                data = f.read(len(JPEG_MAGIC))
-                if data == JPEG_MAGIC:
-                    data += f.read()
-            info = jpeg_info(data)
-            if info is not None:
-                return i, Jpeg(data, info), hashlib.sha256(data).hexdigest(), None
-            image, digest = read_image(path)
-            return i, self.crop(image), digest, None
-        except Exception as e:  # any undecodable file is recorded and skipped, never fatal
-            return i, None, "", error_line(e)
+    def read(self, i: int, path: Path) -> tuple[Jpeg | torch.Tensor, str]:
+        check_file(path)
+        with open(path, "rb") as f:
+            data = f.read(len(JPEG_MAGIC))
+            if data == JPEG_MAGIC:
+                data += f.read()
+        info = jpeg_info(data)
+        if info is not None:
+            return Jpeg(data, info), hashlib.sha256(data).hexdigest()
+        image, digest = read_image(path)
+        return self.crop(image), digest
 
 
 @dataclass
-class EncodedBatch:
-    indices: list[int]
-    digests: list[str]  # sha256 of each file in indices
-    failed: list[tuple[int, str]]
-    is_jpeg: list[bool]  # for each of indices: its bytes are in data, else its crop is in crops
-    crops: torch.Tensor | None  # uint8 k×3×S×S, the images the reader decoded, in order
+class EncodedBatch(ReadBatch):
+    is_jpeg: list[bool] = field(default_factory=list)  # per index: bytes in data, else a crop in crops
+    crops: torch.Tensor | None = None  # uint8 k×3×S×S, the images the reader decoded, in order
     # Every JPEG's bytes end to end: one tensor crosses from the worker, not one (and one file
     # descriptor) per image.
-    data: torch.Tensor
-    jpegs: list[JpegInfo]
-
-    def pin_memory(self) -> EncodedBatch:
-        self.data = self.data.pin_memory()
-        if self.crops is not None:
-            self.crops = self.crops.pin_memory()
-        return self
+    data: torch.Tensor | None = None
+    jpegs: list[JpegInfo] = field(default_factory=list)
 
 
-def collate_encoded(items: list[tuple[int, Jpeg | torch.Tensor | None, str, str | None]]) -> EncodedBatch:
-    ok = [(i, p, d) for i, p, d, _ in items if p is not None]
+def collate_encoded(items: list[Item]) -> EncodedBatch:
+    ok, failed = sort_items(items)
     jpegs = [p for _, p, _ in ok if isinstance(p, Jpeg)]
     crops = [p for _, p, _ in ok if not isinstance(p, Jpeg)]
     data = bytearray(b"".join(j.data for j in jpegs))
     packed = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
-    return EncodedBatch(indices=[i for i, _, _ in ok], digests=[d for _, _, d in ok],
-                        failed=[(i, err) for i, p, _, err in items if p is None],
+    return EncodedBatch(indices=[i for i, _, _ in ok], digests=[d for _, _, d in ok], failed=failed,
                         is_jpeg=[isinstance(p, Jpeg) for _, p, _ in ok],
-                        crops=torch.stack(crops) if crops else None,
-                        data=packed,
+                        crops=torch.stack(crops) if crops else None, data=packed,
                         jpegs=[j.info for j in jpegs])
 
 
@@ -213,7 +197,7 @@ def decode_batch(batch: EncodedBatch, preprocessing: Preprocessing, device: torc
                 decoded.append(_crop(image, info.orientation, preprocessing))
     from_jpegs = iter(decoded)
     from_reader = iter(() if batch.crops is None else batch.crops.to(device, non_blocking=True))
-    out, images = Batch(indices=[], images=None, digests=[], failed=list(batch.failed)), []
+    out, images = Batch(indices=[], digests=[], failed=list(batch.failed)), []
     for index, digest, is_jpeg in zip(batch.indices, batch.digests, batch.is_jpeg, strict=True):
         image = next(from_jpegs) if is_jpeg else next(from_reader)
         if isinstance(image, str):

@@ -1,30 +1,22 @@
-"""The light classifiers trained on cached features; all follow scikit-learn's estimator contract.
-
-``logistic``, ``svm`` and ``knn`` are scikit-learn pipelines. ``linear`` and ``mlp`` are
-``TorchHead``: a small torch network whose first layer standardises its input, so the fitted
-module alone maps raw features to logits (and fine-tuning can put it on top of the backbone).
+"""``TorchHead``, the ``linear`` and ``mlp`` heads: a small torch network whose first layer
+standardises its input, so the fitted module alone maps raw features to logits; and any fitted
+logistic or torch head turned into one, which is where fine-tuning starts.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Standardize(nn.Module):
@@ -138,34 +130,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 
-def _svm(**params) -> BaseEstimator:
-    # LinearSVC gives no probabilities; Platt scaling on 3 folds does.
-    return make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(**params), cv=3))
-
-
-HEADS: dict[str, Callable[..., BaseEstimator]] = {
-    # C=0.1 rather than scikit-learn's 1.0: with ~1,000 standardised features and a few thousand
-    # images, C=1 overfits. Validation accuracy / loss with Lite0 features, C=1 → C=0.1:
-    # flowers128 0.697/1.93 → 0.712/1.11; hymenoptera 0.948/0.144 → 0.948/0.124.
-    "logistic": lambda **p: make_pipeline(StandardScaler(),
-                                          LogisticRegression(**{"C": 0.1, "max_iter": 2000, **p})),
-    "linear": lambda **p: TorchHead(**{"hidden": 0, **p}),
-    "mlp": lambda **p: TorchHead(**{"hidden": 256, **p}),
-    "svm": _svm,
-    "knn": lambda **p: make_pipeline(Normalizer(), KNeighborsClassifier(**p)),
-}
-
-
-def make_head(name: str, **params) -> BaseEstimator:
-    """A fresh, unfitted head; ``params`` go to its classifier (e.g. ``C`` for logistic)."""
-    if name not in HEADS:
-        raise ConfigError(f"unknown head {name!r}: choose one of {', '.join(HEADS)}")
-    try:
-        return HEADS[name](**params)
-    except TypeError as e:
-        raise ConfigError(f"bad parameter for the {name} head: {e}") from e
-
-
 def as_torch_head(head: BaseEstimator) -> TorchHead:
     """The same fitted classifier as a ``TorchHead`` whose module maps raw features to logits,
     its standardisation folded into the first linear layer: where fine-tuning starts.
@@ -200,33 +164,3 @@ def as_torch_head(head: BaseEstimator) -> TorchHead:
         out.module_[0].scale.fill_(1.0)
     out.module_.eval()
     return out
-
-
-def save_head(head: BaseEstimator, folder: Path) -> dict:
-    """Write the fitted head into ``folder``; returns what ``load_head`` needs to read it back.
-
-    Torch heads are stored as plain tensors (loaded with ``weights_only=True``), the others with
-    joblib, scikit-learn's own format.
-    """
-    if isinstance(head, TorchHead):
-        state = dict(head.module_.state_dict(), classes=torch.from_numpy(head.classes_))
-        torch.save(state, folder / "head.pt")
-        return dict(format="torch", file="head.pt", params=head.get_params(),
-                    n_features=head.n_features_in_)
-    joblib.dump(head, folder / "head.joblib")
-    return dict(format="joblib", file="head.joblib")
-
-
-def load_head(folder: Path, meta: dict) -> BaseEstimator:
-    path = folder / meta["file"]
-    if meta["format"] == "torch":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        head = TorchHead(**meta["params"])
-        head.classes_ = state.pop("classes").numpy()
-        head.n_features_in_ = meta["n_features"]
-        head.module_ = head_module(meta["n_features"], len(head.classes_), head.hidden, head.dropout)
-        head.module_.load_state_dict(state)
-        head.module_.eval()
-        return head
-    return joblib.load(path)
-

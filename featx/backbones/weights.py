@@ -7,17 +7,13 @@ import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import WeightsUnavailableError
-from .files import sha256_file
-
-if TYPE_CHECKING:
-    from .backbones import BackboneSpec
-
-RANDOM_INIT = "random-init"
+from ..errors import WeightsUnavailableError
+from ..files import sha256_file
+from ..identity import RANDOM_INIT
+from .spec import BackboneSpec
 
 
 @dataclass(frozen=True)

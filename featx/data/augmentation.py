@@ -2,18 +2,21 @@
 
 They end as uint8 tensors like ``Preprocessing.crop``'s, so the backbone's own normalisation
 (mean/std, applied beside the model) follows unchanged; validation images get the plain crop.
+Torch-free at import: the command line lists AUGMENTATIONS without loading torchvision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode, v2
+from ..errors import ConfigError
 
-from .errors import ConfigError
-from .preprocessing import Preprocessing
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..backbones.preprocessing import Preprocessing
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color")
 
@@ -32,6 +35,8 @@ def train_transform(p: Preprocessing, augment: Collection[str] = AUGMENTATIONS
     and centre crop); ``flip``: left-right; ``rotate``: up to ±10°; ``color``: ±20 % brightness,
     contrast and saturation. Gentle on purpose: the weights are already good, and a fine-tune
     runs for a few epochs, not the hundreds that strong augmentation needs to pay off."""
+    from torchvision.transforms import InterpolationMode, v2
+
     augment = check_augment(augment)
     interpolation = InterpolationMode(p.interpolation)
     steps: list[Callable] = []

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .data import Dataset, Sample
-from .files import sha256_file
+from ..data.folders import Dataset, Sample
+from ..files import sha256_file
 
 
 @dataclass(frozen=True)

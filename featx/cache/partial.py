@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.folders import Sample
+from ..data.images import error_line
+from ..files import durable_write
 from . import reuse
-from .data import Sample, error_line
-from .files import durable_write
 
 log = logging.getLogger(__name__)
 

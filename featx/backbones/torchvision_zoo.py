@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from torch import nn
 from torchvision import models
 
-from .backbones import BackboneSpec
 from .preprocessing import Preprocessing
+from .spec import BackboneSpec
 
 
 def _features(m: nn.Module) -> nn.Module:

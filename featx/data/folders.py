@@ -1,4 +1,4 @@
-"""Image folders: finding the images, their classes and splits, and decoding them safely.
+"""Image folders: finding the images, their classes and splits, without opening any (no torch).
 
 A labelled folder holds one subfolder per class. If it holds ``train/``, ``val/`` (or
 ``validation/``) and/or ``test/``, those are the splits, each with the same class subfolders;
@@ -7,22 +7,14 @@ otherwise every image is in ``train`` and fit-head carves a validation split fro
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
-import stat
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from .errors import DataError
-from .files import sha256_file
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +38,10 @@ class Dataset:
     classes: tuple[str, ...]
     samples: tuple[Sample, ...]
     ignored: tuple[tuple[str, str], ...] = ()  # (path relative to root, why) the scan passed over
+
+    def subset(self, indices: Iterable[int]) -> Dataset:
+        """The same dataset with only the samples at ``indices``, in that order."""
+        return dataclasses.replace(self, samples=tuple(self.samples[i] for i in indices))
 
     def split_counts(self) -> dict[str, int]:
         splits = [s.split for s in self.samples]
@@ -164,116 +160,3 @@ def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) ->
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} in any letter case)")
     return Dataset(root=folder, classes=tuple(classes), samples=samples,
                    ignored=_passed_over(folder, ignored))
-
-
-@contextlib.contextmanager
-def open_image(fp: str | os.PathLike | BinaryIO) -> Iterator[Image.Image]:
-    """``Image.open``, with PIL's decompression-bomb warning an error while the image is open."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(fp) as im:
-            yield im
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode any supported image to 8-bit RGB, upright as its EXIF orientation says.
-
-    PIL's decompression-bomb warning becomes an error, so a huge declared size is a skipped file.
-    """
-    with open_image(path) as im:
-        im.seek(0)  # first frame of an animation
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: PIL's convert("RGB") would clip instead of scaling down.
-            a = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray((a / max(a.max(), 1.0) * 255).astype(np.uint8), "L")
-        return im.convert("RGB")
-
-
-def error_line(e: Exception) -> str:
-    """How a file that could not be read is reported: the exception's type and first line."""
-    return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
-def _text_start(path: Path) -> str | None:
-    """The first line of a file that begins as plain text (an HTML error page saved as .jpg)."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head.isascii() or not all(chr(b).isprintable() or chr(b).isspace() for b in head):
-        return None
-    return head.decode().strip().splitlines()[0][:40]
-
-
-def check_file(path: Path) -> None:
-    """Raise ``OSError`` for a path no reader should open: not a regular file, or empty."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError("not a regular file")  # reading a pipe or a device could block forever
-    if st.st_size == 0:
-        raise OSError("empty file (0 bytes)")
-
-
-def read_image(path: Path) -> tuple[Image.Image, str]:
-    """The image as ``load_rgb`` decodes it, and the sha256 of the file's bytes.
-
-    Raises for a file that is no usable image (``OSError`` or one of PIL's decompression-bomb
-    errors); ``error_line`` of the exception is the reason recorded for it.
-    """
-    check_file(path)
-    digest = sha256_file(path)
-    try:
-        return load_rgb(path), digest
-    except UnidentifiedImageError:
-        text = _text_start(path)
-        if text is None:
-            raise
-        raise UnidentifiedImageError(f"a text file, not an image: it begins {text!r}") from None
-
-
-class ImageReader(torch.utils.data.Dataset):
-    """Yields (index, uint8 tensor or None, sha256 of the file, error or None); runs inside
-    DataLoader workers.
-
-    ``transform`` turns the decoded image into the uint8 tensor: ``Preprocessing.crop`` for
-    features, a random augmentation for fine-tuning. With ``seed``, image ``i``'s random draws
-    are seeded by ``seed + i`` alone, whichever worker process reads it.
-    """
-
-    def __init__(self, root: Path, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor],
-                 seed: int | None = None):
-        self.root, self.paths, self.transform, self.seed = root, paths, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str, str | None]:
-        try:
-            image, digest = read_image(self.root / self.paths[i])
-            if self.seed is None:
-                return i, self.transform(image), digest, None
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + i)
-                return i, self.transform(image), digest, None
-        except Exception as e:  # any undecodable file is recorded and skipped, never fatal
-            return i, None, "", error_line(e)
-
-
-@dataclass
-class Batch:
-    indices: list[int]
-    images: torch.Tensor | None
-    digests: list[str]  # sha256 of each file in indices
-    failed: list[tuple[int, str]]
-
-    def pin_memory(self) -> Batch:
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        return self
-
-
-def collate(items: list[tuple[int, torch.Tensor | None, str, str | None]]) -> Batch:
-    ok = [(i, t, d) for i, t, d, _ in items if t is not None]
-    return Batch(indices=[i for i, _, _ in ok],
-                 images=torch.stack([t for _, t, _ in ok]) if ok else None,
-                 digests=[d for _, _, d in ok],
-                 failed=[(i, err) for i, t, _, err in items if t is None])

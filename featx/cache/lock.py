@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CacheError
+from ..errors import CacheError
+
+if os.name == "nt":  # no flock on Windows: a byte-range lock, which the OS also drops with its holder
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
 
 def lock_path(path: Path) -> Path:
@@ -18,10 +36,9 @@ def lock_path(path: Path) -> Path:
 def _acquire(lock: Path, path: Path) -> int:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        if not _try_lock(fd):
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CacheError(f"{path} is being written by another featx process (pid {holder}): "
                              f"wait for it to finish, or stop it, then run this again") from None
@@ -48,5 +65,6 @@ def locked(path: Path) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        with contextlib.suppress(PermissionError):  # Windows keeps a file that is open: reused next time
+            lock.unlink(missing_ok=True)
         os.close(fd)

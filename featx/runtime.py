@@ -1,0 +1,94 @@
+"""Where and how models run: device, batch size, decoding workers, execution and JPEG decoding,
+as one ``Runtime`` that every stage takes, with its defaults written here alone.
+
+Torch is imported by the methods that need it, not by this module, so that the command line can
+read these defaults for its help without paying seconds for torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+EXECUTIONS = ("eager", "fold", "compile")
+DEFAULT_EXECUTION = "fold"
+DECODES = ("auto", "cpu", "device")
+
+
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 16)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """``device``: auto (CUDA when there is one), cpu, cuda or cuda:N. ``batch_size``: images per
+    forward pass (None: 32 on a CPU, 256 on a GPU). ``workers``: image-decoding processes (None:
+    one per core, at most 16; 0: decode in this process). ``execution``: how the frozen base runs
+    (``featx.execution``). ``decode``: where JPEGs are decoded, cpu (workers) or device (beside
+    the model); auto is device on a GPU. ``progress``: show a progress bar."""
+
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    execution: str = DEFAULT_EXECUTION
+    decode: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked before any long scan or model load, so a typo fails at once.
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"unknown device {self.device!r}: choose auto, cpu or cuda")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, not {self.workers}")
+        if self.execution not in EXECUTIONS:
+            raise ConfigError(f"unknown --execution {self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
+        if self.decode not in DECODES:
+            raise ConfigError(f"unknown --decode {self.decode!r}: choose one of {', '.join(DECODES)}")
+
+    def torch_device(self) -> torch.device:
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {self.device} asked for, but torch sees no CUDA GPU: use --device cpu")
+        return torch.device(self.device)
+
+    def batch_size_on(self, device: torch.device) -> int:
+        # A GPU needs large batches to be kept busy; on a CPU, 32 is as fast as any larger size and
+        # keeps the memory of a batch in flight small.
+        if self.batch_size is not None:
+            return self.batch_size
+        return 256 if device.type == "cuda" else 32
+
+    def workers_for(self, n_batches: int) -> int:
+        # More workers than batches would only start processes that get nothing to do.
+        return min(default_workers() if self.workers is None else self.workers, n_batches)
+
+    def decode_on(self, device: torch.device) -> str:
+        """``cpu`` or ``device``: ``auto`` decodes on the device where that is a GPU."""
+        if self.decode == "auto":
+            return "device" if device.type == "cuda" else "cpu"
+        return self.decode
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 where the GPU has it, else float16); none on the CPU,
+    where float32 is both exact and the fastest path for these models."""
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    # bfloat16 only where the GPU computes it natively (compute capability 8+); emulated, as
+    # torch.cuda.is_bf16_supported() would accept, it is slower than float16.
+    native = torch.cuda.get_device_capability(device)[0] >= 8
+    return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
