@@ -88,7 +88,7 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
     import torch
 
     import featx
-    from featx.execution import prepare
+    from featx.execution.prepare import prepare
 
     model = featx.load_backbone(backbone, weights)
     size = model.preprocessing.crop_size
@@ -117,8 +117,8 @@ def job_extract(data: str, out: str, backbone: str, weights: str | None, batch_s
                 execution: str) -> dict:
     import featx
 
-    r = featx.extract(data, backbone, weights, out=out, batch_size=batch_size, progress=False,
-                      force=True, execution=execution)
+    r = featx.extract(data, backbone, weights, out=out, force=True,
+                      runtime=featx.Runtime(batch_size=batch_size, progress=False, execution=execution))
     return {"images": r.n_images + r.n_failed, "seconds": r.seconds}
 
 
@@ -199,7 +199,8 @@ def job_featx_epochs(data: str, out: str, backbone: str, weights: str | None, ba
     import featx
 
     start = time.perf_counter()
-    r = featx.extract(data, backbone, weights, out=out, batch_size=batch_size, progress=False, force=True)
+    r = featx.extract(data, backbone, weights, out=out, force=True,
+                      runtime=featx.Runtime(batch_size=batch_size, progress=False))
     fit = featx.fit_head(r.path, model="linear")
     return {"seconds": time.perf_counter() - start, "extract_seconds": r.seconds,
             "val_accuracy": fit.metrics["val"]["accuracy"]}
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from featx.training import size_text
+    from featx.files import size_text
 
     print(f"featx benchmark: {args.backbone} (weights {args.weights or 'default'}), batch "
           f"{args.batch_size}, float32, execution {args.execution}; {os.cpu_count()} CPU cores "

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featx import cache as cache_mod
-from featx.reuse import Found
-from featx.training import STREAM_EPOCHS, size_text
+import featx
+from featx.files import size_text
+from featx.fitting.options import STREAM_EPOCHS
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 # The distance between two class centres, in noise standard deviations, whatever the dimension:
@@ -32,20 +32,21 @@ SEPARATION = 6.0
 
 
 class Blobs:
-    """One Gaussian blob per class, its rows generated on demand (a ``featx.reuse.Source``)."""
-
-    entries: dict = {}  # noqa: RUF012 (the Source protocol's; nothing here is ever looked up)
+    """One Gaussian blob per class, N × dim rows generated on demand when sliced, as
+    ``featx.write_cache`` reads them: the matrix is never held whole."""
 
     def __init__(self, labels: np.ndarray, dim: int, n_classes: int, seed: int):
-        self.labels, self.dim, self.seed = labels, dim, seed
+        self.labels, self.seed = labels, seed
+        self.shape = (len(labels), dim)
         rng = np.random.default_rng(seed)
         self.centres = 1 + rng.standard_normal((n_classes, dim), np.float32) * SEPARATION / np.sqrt(2 * dim)
 
-    def features(self, start: int, stop: int) -> np.ndarray:
-        rows = np.random.default_rng([self.seed, start]).standard_normal((stop - start, self.dim),
-                                                                         np.float32)
-        rows += self.centres[self.labels[start:stop]]
-        return rows
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        out = np.random.default_rng([self.seed, start]).standard_normal((stop - start, self.shape[1]),
+                                                                        np.float32)
+        out += self.centres[self.labels[start:stop]]
+        return out
 
 
 def write_blobs(path: Path, n: int, dim: int, classes: int = 10, seed: int = 0) -> Path:
@@ -57,17 +58,10 @@ def write_blobs(path: Path, n: int, dim: int, classes: int = 10, seed: int = 0) 
         labels.append(np.arange(m) * classes // max(m, 1))
         splits += [split] * m
     labels = np.concatenate(labels)
-    names = tuple(f"class{c:02d}" for c in range(classes))
-    source = Blobs(labels, dim, classes, seed)
-    paths = tuple(f"{s}/{names[y]}/{i:07d}.npy"
-                  for i, (s, y) in enumerate(zip(splits, labels, strict=True)))
-    contents = cache_mod.Contents(
-        classes=names, paths=paths, labels=tuple(labels.tolist()), splits=tuple(splits),
-        size=(0,) * n, mtime_ns=(0,) * n, sha256=("",) * n, failed=())
-    identity = dict(backbone="synthetic-blobs", weights_sha256="none", weights_path="", pool="avg",
-                    feature_dim=dim, input_size=0, preprocessing={})
-    return cache_mod.write(path, contents, [Found(source, i, "") for i in range(n)], identity,
-                           "float32", path.with_name(path.name + ".tmp"))
+    names = [f"class{c:02d}" for c in range(classes)]
+    paths = [f"{s}/{names[y]}/{i:07d}.npy" for i, (s, y) in enumerate(zip(splits, labels, strict=True))]
+    return featx.write_cache(path, Blobs(labels, dim, classes, seed), labels, names, paths=paths,
+                             splits=splits)
 
 
 def _run(command: list[str], log: Path) -> tuple[float, int]:
@@ -99,7 +93,8 @@ def measure(n: int = 200_000, dim: int = 2048, classes: int = 10, workdir: str |
     log = cache.with_suffix(".log")
     seconds, peak = _run(command, log)
     # What any fit-head takes before reading a feature: Python with featx, torch and scikit-learn.
-    _, baseline = _run([sys.executable, "-c", "import featx.cli, featx.training"], log.with_suffix(".log0"))
+    _, baseline = _run([sys.executable, "-c", "import featx.cli, featx.fitting.fit"],
+                       log.with_suffix(".log0"))
     metrics = json.loads((cache.with_suffix(".linear") / "bundle.json").read_text())["metrics"]
     return dict(n=n, dim=dim, classes=classes, nbytes=n * dim * 4, file_bytes=cache.stat().st_size,
                 write_seconds=written, seconds=seconds, peak_rss=peak, baseline_rss=baseline,

@@ -215,38 +215,40 @@ def _backbones() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import featx
-
+    # Each command imports only its own stage, so one command never pays for another's imports.
     if args.command == "backbones":
         _backbones()
     elif args.command == "check":
-        print(featx.check(args.data, workers=args.workers, progress=not args.no_progress).summary())
+        from .checking import check
+
+        print(check(args.data, workers=args.workers, progress=not args.no_progress).summary())
     elif args.command == "extract":
-        r = featx.extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
-                          out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args))
+        from .extraction import extract
+
+        r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
+                    out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args))
         for path, err in r.failed:
             print(f"skipped {path}: {err}")
         print(r.summary())
     elif args.command == "fit-head":
-        r = featx.fit_head(args.cache, model=args.model, params=dict(args.param),
-                           val_split=args.val_split, seed=args.seed, out=args.out,
-                           max_memory=args.max_memory)
-        print(r.summary())
+        from .fitting.fit import fit_head
+
+        print(fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
+                       seed=args.seed, out=args.out, max_memory=args.max_memory).summary())
     elif args.command == "finetune":
-        r = featx.finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
-                           resume=args.resume, runtime=_runtime_of(args))
-        print(r.summary())
+        from .finetuning.run import finetune
+
+        print(finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
+                       resume=args.resume, runtime=_runtime_of(args)).summary())
     elif args.command == "score":
-        r = featx.score(args.folder, args.model, out=args.out, weights=args.weights,
-                        runtime=_runtime_of(args))
-        print(r.summary())
+        from .scoring import score
+
+        print(score(args.folder, args.model, out=args.out, weights=args.weights,
+                    runtime=_runtime_of(args)).summary())
     elif args.command == "demo":
-        r = featx.run_demo(args.data, args.cache, progress=not args.no_progress)
-        print(r.extract.summary())
-        print(r.fit.summary())
-        print(r.score.summary().splitlines()[0])
-        print(f"demo: digits test accuracy {r.score.accuracy:.4f} "
-              f"(validation {r.fit.metrics['val']['accuracy']:.4f})")
+        from .demo import run_demo
+
+        print(run_demo(args.data, args.cache, progress=not args.no_progress).summary())
 
 
 def main(argv: list[str] | None = None) -> int:

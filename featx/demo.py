@@ -47,6 +47,11 @@ class DemoResult:
     fit: FitResult
     score: ScoreResult
 
+    def summary(self) -> str:
+        return "\n".join([self.extract.summary(), self.fit.summary(), self.score.summary().splitlines()[0],
+                          f"demo: digits test accuracy {self.score.accuracy:.4f} "
+                          f"(validation {self.fit.metrics['val']['accuracy']:.4f})"])
+
 
 def run_demo(data: str | Path = "data/digits", cache_dir: str | Path = "cache",
              backbone: str = DEFAULT_BACKBONE, progress: bool = True) -> DemoResult:

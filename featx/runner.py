@@ -150,7 +150,8 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
         found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
         contents = Contents.of(dataset, found, failed)
         result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
-                               n_reused=len(plan.found), up_to_date=old is not None and old.contents == contents)
+                               n_reused=len(plan.found),
+                               up_to_date=old is not None and old.contents == contents)
         if not result.up_to_date:
             device = runtime.torch_device()
             try:

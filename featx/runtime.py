@@ -50,7 +50,8 @@ class Runtime:
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, not {self.workers}")
         if self.execution not in EXECUTIONS:
-            raise ConfigError(f"unknown --execution {self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
+            raise ConfigError(f"unknown --execution {self.execution!r}: choose one of "
+                              f"{', '.join(EXECUTIONS)}")
         if self.decode not in DECODES:
             raise ConfigError(f"unknown --decode {self.decode!r}: choose one of {', '.join(DECODES)}")
 
@@ -60,7 +61,8 @@ class Runtime:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"--device {self.device} asked for, but torch sees no CUDA GPU: use --device cpu")
+            raise ConfigError(f"--device {self.device} asked for, but torch sees no CUDA GPU: use "
+                              f"--device cpu")
         return torch.device(self.device)
 
     def batch_size_on(self, device: torch.device) -> int:

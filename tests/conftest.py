@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Random-weight default backbone, decoding in the main process: fast, and weights don't matter.
-FAST = {"weights": "none", "workers": 0, "progress": False}
+import featx
+
+
+def fast(**runtime) -> dict:
+    """Random-weight default backbone, decoding in the main process: fast, and weights don't
+    matter. ``runtime``: other ``Runtime`` settings."""
+    return {"weights": "none", "runtime": featx.Runtime(workers=0, progress=False, **runtime)}
+
+
+FAST = fast()
+QUIET = featx.Runtime(workers=0, progress=False)  # decoding in the main process, no progress bar
 # Two classes a random-weight network still tells apart: reddish and bluish noise.
 COLOURS = {"blue": (40, 60, 200), "red": (200, 50, 40)}
 
@@ -34,7 +43,7 @@ def write_folder(root: Path, splits: dict[str, int], classes=COLOURS) -> Path:
 def ctrl_c_after(monkeypatch, batches: int) -> None:
     """Make the next extraction stop as Ctrl-C would, once ``batches`` batches reached its partial;
     the run after that goes on undisturbed."""
-    from featx.partial import Partial
+    from featx.cache.partial import Partial
 
     add, calls = Partial.add, []
 
@@ -72,9 +81,22 @@ def pool_folder(tmp_path) -> Path:
     return write_folder(tmp_path / "pool", {"": 6})
 
 
+@pytest.fixture
+def register():
+    """``featx.register`` for this test only: each backbone it adds is removed after the test."""
+    added: list[str] = []
+
+    def add(spec: featx.BackboneSpec) -> featx.BackboneSpec:
+        featx.register(spec)
+        added.append(spec.name)
+        return spec
+
+    yield add
+    for name in added:
+        featx.unregister(name)
+
+
 @pytest.fixture(scope="session")
 def lite0_random():
     """The default backbone's architecture with random weights: fast, and no weights needed."""
-    import featx
-
     return featx.load_backbone("efficientnet_lite0", weights="none")

@@ -7,9 +7,9 @@ import torch
 import torchvision
 
 import featx
-from featx import backbones
-from featx.backbones import BackboneSpec, get_backbone
-from featx.preprocessing import Preprocessing
+from featx.backbones.preprocessing import Preprocessing
+from featx.backbones.registry import get_backbone
+from featx.backbones.spec import BackboneSpec
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -59,7 +59,7 @@ def test_random_init_extractor_gives_its_declared_dim(name):
     with torch.inference_mode():
         out = model(torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8))
     assert out.shape == (2, model.feature_dim) and torch.isfinite(out).all()
-    assert model.identity()["weights_sha256"] == "random-init"
+    assert model.identity().weights_sha256 == "random-init"
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
 
@@ -95,14 +95,13 @@ def test_duplicate_registration_is_refused():
         featx.register(spec)
 
 
-def test_a_registered_backbone_is_usable_by_name(monkeypatch):
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
+def test_a_registered_backbone_is_usable_by_name(register):
     tiny = BackboneSpec(
         name="tiny_test_net", source="tests",
         preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3),
         build=lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()),
         tap=lambda m: m, spatial=True, weights_url="https://example.invalid/tiny_test_net-0123abcd.pth")
-    featx.register(tiny)
+    register(tiny)
     assert get_backbone("tiny_test_net") is tiny and "tiny_test_net" in featx.list_backbones()
     model = featx.load_backbone("tiny_test_net", weights="none", pool="flatten")
     assert model.feature_dim == 8 * 30 * 30

@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 import featx
-from featx import data as data_mod
 from featx.cli import main
+from featx.data import images as images_mod
 
-from conftest import FAST, write_folder, write_image
+from conftest import FAST, QUIET, write_folder, write_image
 
 RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8))
 NOT_UTF8 = os.fsdecode(b"latin1-\xe9")  # a name made on a latin-1 system
@@ -91,14 +91,14 @@ def _deny_root(mp: pytest.MonkeyPatch, locked: Path) -> None:
     """Root reads any file whatever its mode, so for root the kernel's refusal is played here."""
     if os.geteuid() != 0:
         return
-    sha256_file = data_mod.sha256_file
+    sha256_file = images_mod.sha256_file
 
     def refuse(path):
         if Path(path) == locked:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return sha256_file(path)
 
-    mp.setattr(data_mod, "sha256_file", refuse)
+    mp.setattr(images_mod, "sha256_file", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_unusual_names_survive_the_cache_a_bundle_and_the_csv(odd, monkeypatch):
     root, r = odd
     _deny_root(monkeypatch, root / "train" / "a" / "locked.jpg")
     bundle = featx.fit_head(r.path, val_split=0).bundle
-    scored = featx.score(root / "train", bundle, out="s.csv", workers=0, progress=False)
+    scored = featx.score(root / "train", bundle, out="s.csv", runtime=QUIET)
     assert (scored.n_scored, scored.n_failed) == (len(ODD) + 2, len(BAD))
     with open("s.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = {row["path"]: row for row in csv.DictReader(f)}

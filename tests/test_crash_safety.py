@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import featx
-from featx import partial as partial_mod
-from featx.lock import locked
+from featx.cache import partial as partial_mod
+from featx.cache.lock import locked
 
-from conftest import FAST, ctrl_c_after, write_folder
+from conftest import FAST, ctrl_c_after, fast, write_folder
 
 
 def assert_same_cache(a: featx.FeatureCache, b: featx.FeatureCache) -> None:
@@ -90,13 +90,13 @@ def test_a_full_disk_is_one_clean_error_and_what_was_written_stays_valid(whole, 
     with pytest.MonkeyPatch.context() as disk:
         kept, left = fill(disk)
         with pytest.raises(featx.CacheError) as e:
-            featx.extract(data, out="full.h5", batch_size=4, **FAST)
+            featx.extract(data, out="full.h5", **fast(batch_size=4))
     assert str(e.value) == (f"cannot write full.h5.partial (No space left on device): make room or fix "
                             f"the folder, then run the same command again; the {kept} images "
                             f"extracted so far are kept in full.h5.partial")
     assert not Path("full.h5").exists() and not list(Path("full.h5.partial").glob("*.tmp"))
 
-    r = featx.extract(data, out="full.h5", batch_size=4, **FAST)
+    r = featx.extract(data, out="full.h5", **fast(batch_size=4))
     assert (r.n_reused, r.n_extracted) == (kept, left)
     assert_same_cache(featx.open_cache(r.path), whole)
 
@@ -107,14 +107,14 @@ def test_a_damaged_partial_is_found_out_and_only_what_it_lost_is_redone(whole, m
     monkeypatch.setattr(partial_mod, "FLUSH_SECONDS", 0)  # a shard per batch
     ctrl_c_after(monkeypatch, batches=3)
     with pytest.raises(KeyboardInterrupt):
-        featx.extract(data, out="cut.h5", batch_size=4, **FAST)
+        featx.extract(data, out="cut.h5", **fast(batch_size=4))
     shards = sorted(Path("cut.h5.partial").glob("shard-*.npz"))
     assert len(shards) == 3
     shards[1].write_bytes(shards[1].read_bytes()[:1000])  # torn by a disk that lied about syncing
     Path("cut.h5.partial/shard-000004.npz.tmp").write_bytes(b"left by a writer killed mid-shard")
 
     with caplog.at_level(logging.INFO, logger="featx"):
-        r = featx.extract(data, out="cut.h5", batch_size=4, **FAST)
+        r = featx.extract(data, out="cut.h5", **fast(batch_size=4))
     assert (r.n_reused, r.n_extracted) == (8, 4)
     assert any(m.startswith("cut.h5.partial: deleted 1 shard(s) that cannot be used, e.g. "
                             "shard-000002.npz (") for m in caplog.messages)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 import featx
-from featx.data import find_images, load_rgb, scan, scan_unlabelled
+from featx.data.folders import find_images, scan, scan_unlabelled
+from featx.data.images import load_rgb
 
 from conftest import write_folder, write_image
 

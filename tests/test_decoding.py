@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from featx import decoding
-from featx.data import ImageReader, collate
-from featx.decoding import Jpeg, JpegInfo, RawReader, collate_encoded, decode_batch
-from featx.preprocessing import Preprocessing
+from featx.backbones.preprocessing import Preprocessing
+from featx.data import device_decode as decoding
+from featx.data.device_decode import Jpeg, JpegInfo, RawReader, collate_encoded, decode_batch
+from featx.data.readers import ImageReader, collate
 
 from conftest import write_image
 

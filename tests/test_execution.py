@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 import featx
-from featx import backbones
-from featx.backbones import BackboneSpec
-from featx.execution import TOLERANCE, _FixedBatch, fold_batchnorm, prepare
-from featx.preprocessing import Preprocessing
+from featx.backbones.preprocessing import Preprocessing
+from featx.backbones.spec import BackboneSpec
+from featx.execution.compiled import FixedBatch
+from featx.execution.fold import TOLERANCE, fold_batchnorm
+from featx.execution.prepare import prepare
 
 from conftest import COLOURS, write_folder, write_image
 
@@ -85,11 +86,10 @@ class _SharedOutput(nn.Module):
         return self.bn(y) + y
 
 
-def _tiny_backbone(monkeypatch, name: str, build) -> featx.FeatureExtractor:
+def _tiny_backbone(register, name: str, build) -> featx.FeatureExtractor:
     """A backbone of the test's own on 16×16 inputs, registered for this test only, with real
     BatchNorm statistics."""
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._registry()))  # leaves no trace
-    featx.register(BackboneSpec(
+    register(BackboneSpec(
         name=name, source="tests", preprocessing=Preprocessing(20, 16, "bilinear", (0.5,) * 3, (0.25,) * 3),
         build=build, tap=lambda m: m, spatial=True))
     model = featx.load_backbone(name, weights="none")
@@ -98,8 +98,8 @@ def _tiny_backbone(monkeypatch, name: str, build) -> featx.FeatureExtractor:
 
 
 @pytest.fixture
-def shared_output_net(monkeypatch):
-    return _tiny_backbone(monkeypatch, "shared_output_net", _SharedOutput)
+def shared_output_net(register):
+    return _tiny_backbone(register, "shared_output_net", _SharedOutput)
 
 
 def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eagerly(
@@ -114,8 +114,8 @@ def test_a_fold_that_would_change_the_features_is_refused_and_the_model_runs_eag
 
 
 @pytest.fixture
-def tiny_bn_net(monkeypatch):
-    return _tiny_backbone(monkeypatch, "tiny_bn_net", lambda: nn.Sequential(
+def tiny_bn_net(register):
+    return _tiny_backbone(register, "tiny_bn_net", lambda: nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)))
 
 
@@ -136,7 +136,7 @@ def test_a_compiled_model_sees_one_batch_size_only():
             seen.append(x.shape[0])
             return x.flatten(1).float().sum(1, keepdim=True)
 
-    fixed = _FixedBatch(Recorder(), batch_size=4)
+    fixed = FixedBatch(Recorder(), batch_size=4)
     x = _images(3, 8)
     out = fixed(x)
     assert seen == [4] and torch.equal(out, Recorder()(x))
@@ -145,17 +145,17 @@ def test_a_compiled_model_sees_one_batch_size_only():
 def test_unknown_execution_is_refused_before_any_image_is_read(tmp_path):
     with pytest.raises(featx.ConfigError, match=r"^unknown --execution 'fast': choose one of eager, "
                                                 r"fold, compile$"):
-        featx.extract(tmp_path / "does-not-exist", execution="fast")
+        featx.extract(tmp_path / "does-not-exist", runtime=featx.Runtime(execution="fast"))
 
 
 def test_extract_folded_and_decoded_beside_the_model_match_the_plain_path(tmp_path):
     data = write_folder(tmp_path / "data", {"": 3})
     for i in range(3):  # JPEGs, which decode="device" hands to torchvision's decoder
         write_image(data / "red" / f"photo{i}.jpg", COLOURS["red"], size=(300, 240), seed=i)
-    plain = featx.open_cache(featx.extract(data, out=tmp_path / "eager.h5", workers=0, progress=False,
-                                           execution="eager", decode="cpu").path)
-    fast = featx.open_cache(featx.extract(data, out=tmp_path / "fast.h5", workers=0, progress=False,
-                                          execution="fold", decode="device").path)
+    plain = featx.open_cache(featx.extract(data, out=tmp_path / "eager.h5", runtime=featx.Runtime(
+        workers=0, progress=False, execution="eager", decode="cpu")).path)
+    fast = featx.open_cache(featx.extract(data, out=tmp_path / "fast.h5", runtime=featx.Runtime(
+        workers=0, progress=False, execution="fold", decode="device")).path)
     assert plain.paths == fast.paths and len(plain.paths) == 9
     assert (fast.attrs["execution"], fast.attrs["decode"]) == ("fold", "device")
     cos = (plain.features * fast.features).sum(1) / (

@@ -13,7 +13,7 @@ import pytest
 import featx
 from featx.files import sha256_file
 
-from conftest import FAST, ctrl_c_after, write_image
+from conftest import FAST, ctrl_c_after, fast, write_image
 
 
 def test_the_cache_layout(split_folder, tmp_path):
@@ -84,8 +84,8 @@ def test_out_names_the_file(split_folder, tmp_path):
 def test_worker_processes_give_the_same_features(split_folder):
     (split_folder / "val" / "blue" / "empty.png").write_bytes(b"")
     one = featx.open_cache(featx.extract(split_folder, out="a.h5", **FAST).path)
-    two = featx.open_cache(featx.extract(split_folder, out="b.h5", batch_size=5,
-                                         **{**FAST, "workers": 2}).path)
+    two = featx.open_cache(featx.extract(split_folder, out="b.h5", weights="none", runtime=featx.Runtime(
+        batch_size=5, workers=2, progress=False)).path)
     assert one.paths == two.paths and one.failed == two.failed and len(one.failed) == 1
     np.testing.assert_allclose(one.features, two.features, rtol=1e-4, atol=1e-5)
 
@@ -95,7 +95,7 @@ def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_fo
     whole = featx.open_cache(featx.extract(split_folder, out="whole.h5", **FAST).path)
     ctrl_c_after(monkeypatch, batches=2)
     with pytest.raises(KeyboardInterrupt):
-        featx.extract(split_folder, out="cut.h5", batch_size=4, **FAST)
+        featx.extract(split_folder, out="cut.h5", **fast(batch_size=4))
     assert not Path("cut.h5").exists() and not Path("cut.h5.lock").exists()
     assert caplog.messages[-1] == ("stopped: the 8 images extracted so far are kept in cut.h5.partial; "
                                    "run the same command again to go on")
@@ -112,14 +112,20 @@ def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_fo
     np.testing.assert_allclose(cut.features, whole.features, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(dtype="float64"), "unknown --dtype 'float64': choose one of float32, float16"),
-    (dict(batch_size=0), "--batch-size must be at least 1, not 0"),
-    (dict(device="tpu"), "unknown device 'tpu': choose auto, cpu or cuda"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: featx.Runtime(batch_size=0), "--batch-size must be at least 1, not 0"),
+    (lambda: featx.Runtime(device="tpu"), "unknown device 'tpu': choose auto, cpu or cuda"),
+    (lambda: featx.Runtime(workers=-1), "--workers must be 0 or more, not -1"),
+    (lambda: featx.Runtime(decode="gpu"), "unknown --decode 'gpu': choose one of auto, cpu, device"),
 ])
-def test_bad_settings(split_folder, kwargs, message):
-    with pytest.raises(featx.FeatxError, match=message):
-        featx.extract(split_folder, **{**FAST, **kwargs})
+def test_bad_runtime_settings(make, message):
+    with pytest.raises(featx.ConfigError, match=message):
+        make()
+
+
+def test_bad_dtype(split_folder):
+    with pytest.raises(featx.ConfigError, match="unknown --dtype 'float64': choose one of float32, float16"):
+        featx.extract(split_folder, dtype="float64", **FAST)
 
 
 def test_not_a_cache(tmp_path):

@@ -10,16 +10,23 @@ import torch
 from tqdm import tqdm
 
 import featx
-from featx import finetuning
-from featx.augmentation import train_transform
-from featx.backbones import blocks, save_weights
-from featx.data import Batch
-from featx.heads import as_torch_head
+from featx.backbones.extractor import blocks, save_weights
+from featx.data.augmentation import AUGMENTATIONS, train_transform
+from featx.data.readers import Batch, ImageReader
+from featx.finetuning import checkpoint, loop
+from featx.finetuning.model import Classifier, param_groups, resolve_unfreeze, train_mode
+from featx.heads.torch_head import as_torch_head
 
-from conftest import FAST, write_folder, write_image
+from conftest import FAST, QUIET, write_folder, write_image
 
-# Tiny data, one step per epoch, and a rate high enough that one step visibly moves the weights.
-TINY = {"workers": 0, "progress": False, "unfreeze": "top:2", "lr": 1e-3}
+
+def tiny(**recipe) -> dict:
+    """Tiny data, one step per epoch, and a rate high enough that one step visibly moves the
+    weights; ``recipe``: other ``Recipe`` settings."""
+    return {"recipe": featx.Recipe(**{"unfreeze": "top:2", "lr": 1e-3, **recipe}), "runtime": QUIET}
+
+
+TINY = tiny()
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +60,19 @@ def test_heads_without_a_torch_form_are_refused():
 
 def _one_step(model, top, train_bn):
     """One real training step of ``finetune`` on a batch of two random images."""
-    optimizer = torch.optim.AdamW(finetuning._param_groups(model, top, 1e-2, 1.0, 0.01))
-    finetuning._train_mode(model, top, train_bn)
+    optimizer = torch.optim.AdamW(param_groups(model, top, 1e-2, 1.0, 0.01))
+    train_mode(model, top, train_bn)
     batch = Batch(indices=[0, 1], images=torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8),
                   digests=["", ""], failed=[])
-    finetuning._train_epoch(model, [batch], torch.tensor([0, 1]), optimizer,
-                            torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), 1.0,
-                            lambda step: 1.0, 0, tqdm(disable=True))
+    trainer = loop.Trainer(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), 1.0)
+    loop.train_epoch(model, [batch], torch.tensor([0, 1]), trainer, tqdm(disable=True))
 
 
 @pytest.mark.parametrize("train_bn", [False, True])
 def test_a_step_leaves_frozen_weights_and_batchnorm_statistics_bit_identical(train_bn):
-    model = finetuning.Classifier(featx.load_backbone(weights="none"), torch.nn.Linear(1280, 2))
-    unfreeze, top = finetuning.resolve_unfreeze("top:3", model.extractor)
+    model = Classifier(featx.load_backbone(weights="none"), torch.nn.Linear(1280, 2))
+    unfreeze, top = resolve_unfreeze("top:3", model.extractor)
     for block in top:
         block.requires_grad_(True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -85,16 +92,16 @@ def test_a_step_leaves_frozen_weights_and_batchnorm_statistics_bit_identical(tra
 def test_unfreeze_choices(lite0_random):
     n = len(blocks(lite0_random.base))
     assert n == 18  # stem, 16 MBConv blocks, head convolution
-    assert finetuning.resolve_unfreeze("auto", lite0_random)[0] == "top:6"
-    assert finetuning.resolve_unfreeze("all", lite0_random)[0] == "top:18"
-    assert finetuning.resolve_unfreeze("none", lite0_random) == ("top:0", [])
-    assert finetuning.resolve_unfreeze("top:2", lite0_random)[1] == blocks(lite0_random.base)[-2:]
+    assert resolve_unfreeze("auto", lite0_random)[0] == "top:6"
+    assert resolve_unfreeze("all", lite0_random)[0] == "top:18"
+    assert resolve_unfreeze("none", lite0_random) == ("top:0", [])
+    assert resolve_unfreeze("top:2", lite0_random)[1] == blocks(lite0_random.base)[-2:]
     with pytest.raises(featx.ConfigError, match="has only 18 blocks; use top:18 or all"):
-        finetuning.resolve_unfreeze("top:19", lite0_random)
+        resolve_unfreeze("top:19", lite0_random)
     with pytest.raises(featx.ConfigError, match="use top:N .the last N of efficientnet_lite0's 18 blocks"):
-        finetuning.resolve_unfreeze("half", lite0_random)
+        resolve_unfreeze("half", lite0_random)
     vgg = featx.load_backbone("vgg11", weights="none")
-    assert finetuning.resolve_unfreeze("auto", vgg)[0] == "top:3"  # its last conv block
+    assert resolve_unfreeze("auto", vgg)[0] == "top:3"  # its last conv block
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "googlenet"])
@@ -106,14 +113,14 @@ def test_saved_weights_load_back_as_the_same_backbone(tmp_path, name):
     w = save_weights(extractor, tmp_path / "backbone.pt")
     again = featx.load_backbone(name, weights=w.path)
     x = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
-    assert again.identity()["weights_sha256"] == w.sha256
+    assert again.identity().weights_sha256 == w.sha256
     assert torch.equal(again(x), extractor(x))
 
 
 def test_augmentations_end_as_the_backbone_input(lite0_random, tmp_path):
     p = lite0_random.preprocessing
     image = featx.load_rgb(write_image(tmp_path / "a.png", size=(300, 200)))
-    for augment in [("crop",), ("flip", "rotate", "color"), featx.finetuning.AUGMENTATIONS]:
+    for augment in [("crop",), ("flip", "rotate", "color"), AUGMENTATIONS]:
         t = train_transform(p, augment)(image)
         assert t.dtype == torch.uint8 and t.shape == (3, 224, 224)
     assert torch.equal(train_transform(p, ())(image), p.crop(image))  # nothing random: the plain crop
@@ -123,7 +130,7 @@ def test_augmentations_end_as_the_backbone_input(lite0_random, tmp_path):
 
 def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source, tmp_path):
     root, bundle = source
-    r = featx.finetune(root, bundle, out=tmp_path / "tuned", epochs=2, **TINY)
+    r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=2))
     fitted = featx.load_bundle(bundle)
     # Epoch 0 is the converted head on the backbone, before any step: the head's own figures.
     assert r.history[0]["val_accuracy"] == fitted.metrics["val"]["accuracy"]
@@ -136,24 +143,24 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     for name in ["bundle.json", "backbone.pt", "head.pt", "history.csv", "history.json",
                  "history.png", "confusion_val.png"]:
         assert (r.bundle / name).is_file(), name
-    assert not (r.bundle / finetuning.CHECKPOINT).exists()
+    assert not (r.bundle / checkpoint.CHECKPOINT).exists()
     assert re.search(r"val accuracy: head 1.0000 -> fine-tuned 1.0000 \(best epoch \d", r.summary())
 
     tuned = featx.load_bundle(r.bundle)
-    assert tuned.identity["weights_path"] == "backbone.pt"
-    assert tuned.identity["weights_sha256"] != fitted.identity["weights_sha256"]
+    assert tuned.identity.weights_path == "backbone.pt"
+    assert tuned.identity.weights_sha256 != fitted.identity.weights_sha256
     assert {k: tuned.info[k] for k in ("cache", "split_sha256")} == \
         {k: fitted.info[k] for k in ("cache", "split_sha256")}  # so it can be fine-tuned again
     moved = r.bundle.rename(tmp_path / "moved")  # the bundle finds its backbone inside itself
-    s = featx.score(root / "val", moved, workers=0, progress=False)
+    s = featx.score(root / "val", moved, runtime=QUIET)
     assert s.accuracy == r.metrics["val"]["accuracy"]
 
 
 class Interrupt:
-    """Replaces ``_train_epoch``: runs it normally, except the ``at``-th call is a Ctrl-C."""
+    """Replaces ``loop.train_epoch``: runs it normally, except the ``at``-th call is a Ctrl-C."""
 
     def __init__(self, at: int):
-        self.at, self.calls, self.real = at, 0, finetuning._train_epoch
+        self.at, self.calls, self.real = at, 0, loop.train_epoch
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -164,19 +171,19 @@ class Interrupt:
 
 def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monkeypatch):
     root, bundle = source
-    whole = featx.finetune(root, bundle, out=tmp_path / "whole", epochs=2, **TINY)
+    whole = featx.finetune(root, bundle, out=tmp_path / "whole", **tiny(epochs=2))
 
-    monkeypatch.setattr(finetuning, "_train_epoch", Interrupt(at=2))
+    monkeypatch.setattr(loop, "train_epoch", Interrupt(at=2))
     with pytest.raises(KeyboardInterrupt):
-        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, **TINY)
-    assert (tmp_path / "cut" / finetuning.CHECKPOINT).is_file()
+        featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))
+    assert (tmp_path / "cut" / checkpoint.CHECKPOINT).is_file()
     monkeypatch.undo()
     with pytest.raises(featx.ConfigError, match="holds an unfinished fine-tune .* add --resume"):
-        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, **TINY)
+        featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))
     with pytest.raises(featx.ConfigError, match="the interrupted run had lr=0.001, this one has lr=0.01"):
-        featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, resume=True, **{**TINY, "lr": 1e-2})
+        featx.finetune(root, bundle, out=tmp_path / "cut", resume=True, **tiny(epochs=2, lr=1e-2))
 
-    resumed = featx.finetune(root, bundle, out=tmp_path / "cut", epochs=2, resume=True, **TINY)
+    resumed = featx.finetune(root, bundle, out=tmp_path / "cut", resume=True, **tiny(epochs=2))
     # Epochs 2 and 3 start from epoch 1's weights, optimizer state and seeds: the same run.
     for a, b in zip(whole.history[1:], resumed.history[1:], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-7)
@@ -189,7 +196,7 @@ def test_bad_requests_are_refused_before_any_work(source, tmp_path):
     with pytest.raises(featx.ConfigError, match="nothing to resume"):
         featx.finetune(root, bundle, out=tmp_path / "new", resume=True, **TINY)
     with pytest.raises(featx.ConfigError, match="--lr-decay 0: must be above 0 and at most 1"):
-        featx.finetune(root, bundle, lr_decay=0, **TINY)
+        tiny(lr_decay=0)
     unsaved = featx.load_bundle(bundle)
     unsaved.path = None
     with pytest.raises(featx.BundleError, match="starts from a saved bundle"):
@@ -203,7 +210,7 @@ def test_a_pool_holds_out_what_the_head_held_out_and_refuses_once_that_is_unknow
     pool = write_folder(tmp_path / "pool", {"": 5})
     cache = featx.extract(pool, **FAST).path
     bundle = featx.fit_head(cache, "logistic").bundle
-    r = featx.finetune(pool, bundle, out=tmp_path / "tuned", epochs=1, **TINY)
+    r = featx.finetune(pool, bundle, out=tmp_path / "tuned", **tiny(epochs=1))
     assert r.history[0]["val_accuracy"] == featx.load_bundle(bundle).metrics["val"]["accuracy"]
     assert r.metrics["val"]["n"] == featx.load_bundle(bundle).metrics["val"]["n"] == 2
 
@@ -216,20 +223,20 @@ def test_a_pool_holds_out_what_the_head_held_out_and_refuses_once_that_is_unknow
 def test_augmentation_draws_depend_on_the_image_not_on_who_reads_it_when(tmp_path):
     root = write_folder(tmp_path / "d", {"": 3})
     paths = [p.relative_to(root) for p in sorted(root.rglob("*.png"))]
-    reader = featx.data.ImageReader(root, paths, train_transform(featx.load_backbone(
+    reader = ImageReader(root, paths, train_transform(featx.load_backbone(
         weights="none").preprocessing), seed=7)
     forward = [reader[i][1] for i in range(len(paths))]
     backward = [reader[i][1] for i in reversed(range(len(paths)))][::-1]
     assert all(torch.equal(a, b) for a, b in zip(forward, backward, strict=True))
-    assert not torch.equal(forward[0], featx.data.ImageReader(root, paths, reader.transform, seed=8)[0][1])
+    assert not torch.equal(forward[0], ImageReader(root, paths, reader.transform, seed=8)[0][1])
 
 
 def test_discriminative_rates(lite0_random):
-    model = finetuning.Classifier(lite0_random, torch.nn.Linear(1280, 2))
-    _, top = finetuning.resolve_unfreeze("top:3", lite0_random)
+    model = Classifier(lite0_random, torch.nn.Linear(1280, 2))
+    _, top = resolve_unfreeze("top:3", lite0_random)
     for block in top:
         block.requires_grad_(True)
-    groups = finetuning._param_groups(model, top, 1e-3, 0.5, 0.01)
+    groups = param_groups(model, top, 1e-3, 0.5, 0.01)
     rates = [next(g["lr"] for g in groups if any(p is q for q in g["params"]))
              for p in (model.head.weight, *(next(b.parameters()) for b in reversed(top)))]
     assert rates == [1e-3, 1e-3, 5e-4, 2.5e-4]  # head and top block at lr, then halving

@@ -8,9 +8,12 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import featx
-from featx.heads import HEADS, load_head, make_head, save_head
+from featx.heads.registry import HEADS, make_head
+from featx.heads.storage import load_head, save_head
+from featx.heads.torch_head import TorchHead
 
 
 def _data(n_classes: int):
@@ -37,6 +40,13 @@ def test_the_estimator_contract(name, n_classes, tmp_path):
     meta = save_head(head, tmp_path)
     again = load_head(tmp_path, meta)
     np.testing.assert_allclose(again.predict_proba(X[180:]), proba, rtol=1e-6)
+
+
+# A few epochs at a high rate: quick, and still past the > 0.83 training accuracy on blobs that
+# check_classifiers_train asks for.
+@parametrize_with_checks([TorchHead(epochs=5, lr=0.1), TorchHead(hidden=8, epochs=5, lr=0.1)])
+def test_torch_head_passes_scikit_learns_checks(estimator, check):
+    check(estimator)
 
 
 def test_torch_heads_are_a_plain_module_on_raw_features():
@@ -96,3 +106,14 @@ def test_partial_fit_standardises_by_a_given_scaler():
         head.partial_fit(X[:2], [0, 7])
     with pytest.raises(featx.ConfigError, match="the first call to partial_fit needs classes="):
         make_head("linear").partial_fit(X, y)
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_a_loaded_torch_head_goes_on_training(name, tmp_path):
+    X, y = _data(3)
+    labels = np.array([3, 5, 9])[y]
+    again = load_head(tmp_path, save_head(make_head(name, epochs=2).fit(X[:120], labels[:120]), tmp_path))
+    before = [p.detach().clone() for p in again.module_.parameters()]
+    assert again.partial_fit(X[120:], labels[120:]) is again
+    assert all(not torch.equal(a, b) for a, b in zip(before, again.module_.parameters(), strict=True))
+    assert set(again.predict(X)) == {3, 5, 9}

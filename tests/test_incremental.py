@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import featx
-from featx.cache import config_key, default_path
+from featx.cache.format import default_path
 
 from conftest import COLOURS, FAST, ctrl_c_after, write_folder, write_image
 
@@ -59,11 +60,19 @@ CHANGES = {
 @pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES)
 def test_every_setting_that_changes_a_feature_changes_the_cache_key(lite0_random, change):
     ident = lite0_random.identity()
-    other = {**ident, **change,
-             "preprocessing": {**ident["preprocessing"], **change.get("preprocessing", {})}}
-    assert config_key(other, "float32") != config_key(ident, "float32")
+    other = dataclasses.replace(ident, **{**change, "preprocessing": {
+        **ident.preprocessing, **change.get("preprocessing", {})}})
+    assert other.key("float32") != ident.key("float32")
     assert default_path(Path("d"), other, "float32") != default_path(Path("d"), ident, "float32")
-    assert config_key(ident, "float16") != config_key(ident, "float32")
+    assert ident.key("float16") != ident.key("float32")
+
+
+def test_caches_written_by_earlier_versions_keep_their_names_and_keys(lite0_random):
+    # Values from featx before the feature identity was a type of its own: its caches are reused.
+    ident = lite0_random.identity()
+    assert default_path(Path("/data/pets"), ident, "float32") == \
+        Path("cache/pets-efficientnet_lite0-avg-deb631d88b.h5")
+    assert ident.key("float16") == "fb52247ccf399ee721eeddf926a2f7bd0bc52666ed70ed27f29cb30c9a19c36f"
 
 
 def test_features_made_with_other_settings_are_never_reused(pool_folder, monkeypatch, caplog):
@@ -83,4 +92,4 @@ def test_features_made_with_other_settings_are_never_reused(pool_folder, monkeyp
     assert fc.attrs["pool"] == "max"
     with pytest.raises(featx.CacheError, match=r"^x.h5 holds features made with pool=max, not the pool=avg "
                                                r"asked for: extract the images again with those settings$"):
-        featx.open_cache("x.h5", identity={**fc.identity, "pool": "avg"})
+        featx.open_cache("x.h5", identity=dataclasses.replace(fc.identity, pool="avg"))

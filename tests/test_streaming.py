@@ -11,10 +11,25 @@ import numpy as np
 import pytest
 
 import featx
-from benchmarks.heads_at_scale import write_blobs
-from featx import training
-from featx.cache import DiskFeatures
+from featx.cache.reader import DiskFeatures
 from featx.cli import main
+from featx.fitting import streaming
+
+
+def write_blobs(path, n: int, dim: int, classes: int):
+    """A cache of ``n`` rows of Gaussian blobs, one per class, laid out as ``featx extract`` lays
+    out a real one: 80 % train, 10 % val, the rest test, sorted by class within each split."""
+    labels, splits = [], []
+    for split, share in (("train", 0.8), ("val", 0.1), ("test", None)):
+        m = round(n * share) if share else n - len(splits)
+        labels.append(np.arange(m) * classes // max(m, 1))
+        splits += [split] * m
+    labels = np.concatenate(labels)
+    rng = np.random.default_rng(0)
+    # Centres 6 noise standard deviations apart: a linear head gets most, not all, right.
+    centres = 1 + rng.standard_normal((classes, dim), np.float32) * 6 / np.sqrt(2 * dim)
+    features = rng.standard_normal((n, dim), np.float32) + centres[labels]
+    return featx.write_cache(path, features, labels, [f"class{c}" for c in range(classes)], splits=splits)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +96,7 @@ def test_streamed_linear_head_matches_the_in_memory_one(blobs, caplog):
 def test_streaming_never_holds_the_matrix(tmp_path, monkeypatch, reads):
     cache = write_blobs(tmp_path / "big.h5", 16 * 1024, 256, classes=3)  # 16 MiB, 16 blocks
     nbytes = 16 * 1024 * 256 * 4
-    monkeypatch.setattr(training, "MIN_BATCH_BLOCKS", 1)  # batches of one block, 1 MiB
+    monkeypatch.setattr(streaming, "MIN_BATCH_BLOCKS", 1)  # batches of one block, 1 MiB
 
     def peak(**kwargs) -> tuple[int, featx.FitResult]:
         tracemalloc.start()

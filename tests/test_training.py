@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import featx
-from featx.training import split_indices
+from featx.evaluation import split_indices
 
 from conftest import FAST, write_folder
 

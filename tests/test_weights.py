@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import featx
-from featx.backbones import get_backbone
+from featx.backbones.registry import get_backbone
+from featx.backbones.weights import hub_path, is_on_disk, resolve
 from featx.cli import main
-from featx.weights import hub_path, is_on_disk, resolve, sha256_file
+from featx.files import sha256_file
 
 
 @pytest.fixture
@@ -57,8 +58,8 @@ def test_a_local_weights_file_comes_first(tmp_path):
     state = torchvision_resnet18_state()
     torch.save(state, path)
     model = featx.load_backbone("resnet18", weights=path)
-    assert model.identity()["weights_sha256"] == sha256_file(path)
-    assert model.identity()["weights_path"] == str(path)
+    assert model.identity().weights_sha256 == sha256_file(path)
+    assert model.identity().weights_path == str(path)
     assert torch.equal(model.base[0].weight, state["conv1.weight"])
 
 

@@ -8,13 +8,16 @@ import functools
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 
 from ..files import durable_write
 from ..version import __version__
-from .spec import BackboneSpec
+
+if TYPE_CHECKING:
+    from .spec import BackboneSpec
 
 
 def _shapes_file() -> Path:

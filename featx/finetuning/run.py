@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from tqdm.auto import tqdm
 
-from ..backbones.extractor import save_weights
+from ..backbones.extractor import blocks, save_weights
 from ..bundle import Bundle, backbone_for, load_bundle
 from ..cache.reader import open_cache
 from ..data.augmentation import train_transform
@@ -188,8 +188,8 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(epoch_seed)
         loader = torch.utils.data.DataLoader(
-            reader, batch_size=recipe.batch_size, shuffle=True,
-            num_workers=run.runtime.workers_for(math.ceil(len(reader) / recipe.batch_size)), collate_fn=collate,
+            reader, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
+            num_workers=run.runtime.workers_for(math.ceil(len(reader) / recipe.batch_size)),
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
         train_mode(run.model, run.top, recipe.train_bn)
         with tqdm(total=len(reader), unit="img", desc=f"epoch {epoch}/{recipe.epochs}",
@@ -267,8 +267,9 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in run.model.parameters()) - trainable
     name = run.model.extractor.spec.name
-    log.info("%s: %s unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics %s", name,
-             run.recipe.unfreeze, f"{trainable:,}", f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
+    log.info("%s: %s of %d blocks unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics "
+             "%s", name, run.recipe.unfreeze, len(blocks(run.model.extractor.base)), f"{trainable:,}",
+             f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
     history, best = _start(run, resume)
     best = _train(run, history, best, f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}")
     run.model.load_state_dict(best["state"])

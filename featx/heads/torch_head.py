@@ -6,6 +6,7 @@ logistic or torch head turned into one, which is where fine-tuning starts.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,7 +14,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ..errors import ConfigError
@@ -43,6 +45,15 @@ def _standardisation(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return X.mean(0), X.std(0, correction=0).clamp_min(1e-6)
 
 
+@dataclass
+class _Training:
+    """What training carries from one epoch to the next besides the weights."""
+
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    dropout: torch.Tensor  # a state of torch's global generator, the only one nn.Dropout draws from
+
+
 class TorchHead(ClassifierMixin, BaseEstimator):
     """A dense head trained with Adam on standardised features (the recipes' Dense/Linear heads)."""
 
@@ -57,10 +68,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y) -> TorchHead:
-        X, y = check_X_y(X, y, dtype=np.float32)
+        X, y = self._validate(X, y, reset=True)
         classes, targets = np.unique(y, return_inverse=True)
         Xt = torch.from_numpy(X)
-        self._start(classes, X.shape[1], *_standardisation(Xt))
+        self._start(classes, *_standardisation(Xt))
         yt = torch.from_numpy(targets)
         for _ in range(self.epochs):
             self._epoch(Xt, yt)
@@ -75,8 +86,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         data, for instance by its own ``partial_fit`` over the same parts), else those of ``X``.
         Later calls ignore both. ``epochs`` is for ``fit``; here the caller decides how many passes.
         """
-        X, y = check_X_y(X, y, dtype=np.float32)
-        if not hasattr(self, "classes_"):
+        first = not hasattr(self, "classes_")
+        X, y = self._validate(X, y, reset=first)
+        if first:
             if classes is None:
                 raise ConfigError("the first call to partial_fit needs classes=, every class of "
                                   "the training data")
@@ -85,10 +97,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             else:
                 mean = torch.from_numpy(scaler.mean_)
                 scale = torch.from_numpy(np.sqrt(scaler.var_)).clamp_min(1e-6)
-            self._start(np.unique(classes), X.shape[1], mean, scale)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(f"X has {X.shape[1]} features, the head was started on "
-                              f"{self.n_features_in_}")
+            self._start(np.unique(classes), mean, scale)
         unknown = np.setdiff1d(y, self.classes_)
         if len(unknown):
             raise ConfigError(f"labels {unknown.tolist()} are not among the classes "
@@ -96,32 +105,47 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self._epoch(torch.from_numpy(X), torch.from_numpy(np.searchsorted(self.classes_, y)))
         return self
 
-    def _start(self, classes: np.ndarray, n_features: int, mean: torch.Tensor, scale: torch.Tensor
-               ) -> None:
+    def _validate(self, X, y, reset: bool) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
+        check_classification_targets(y)
+        return X, y
+
+    def _start(self, classes: np.ndarray, mean: torch.Tensor, scale: torch.Tensor) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be at least 1, not {self.epochs} and "
                               f"{self.batch_size}")
-        self.classes_, self.n_features_in_ = classes, n_features
-        self._generator = torch.Generator().manual_seed(self.random_state)
+        self.classes_ = classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.module_ = head_module(n_features, len(classes), self.hidden, self.dropout)
+            self.module_ = head_module(self.n_features_in_, len(classes), self.hidden, self.dropout)
         self.module_[0].mean.copy_(mean)
         self.module_[0].scale.copy_(scale)
-        self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.lr,
-                                           weight_decay=self.weight_decay)
+        self._training = None  # a new module starts from a new optimizer and seeds
 
     def _epoch(self, X: torch.Tensor, targets: torch.Tensor) -> None:
-        self.module_.train()
-        for idx in torch.randperm(len(X), generator=self._generator).split(self.batch_size):
-            self._optimizer.zero_grad()
-            nn.functional.cross_entropy(self.module_(X[idx]), targets[idx]).backward()
-            self._optimizer.step()
-        self.module_.eval()
+        # Made on first need rather than in _start: a head loaded from a bundle, or made by
+        # as_torch_head, has weights but none of this, and must still be able to partial_fit.
+        if getattr(self, "_training", None) is None:
+            self._training = _Training(
+                torch.optim.Adam(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay),
+                torch.Generator().manual_seed(self.random_state),
+                torch.Generator().manual_seed(self.random_state).get_state())
+        training = self._training
+        # The head's own dropout stream swapped in for the epoch: training repeats exactly for a
+        # random_state, and leaves the caller's torch random state as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(training.dropout)
+            self.module_.train()
+            for idx in torch.randperm(len(X), generator=training.shuffle).split(self.batch_size):
+                training.optimizer.zero_grad()
+                nn.functional.cross_entropy(self.module_(X[idx]), targets[idx]).backward()
+                training.optimizer.step()
+            self.module_.eval()
+            training.dropout = torch.get_rng_state()
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        X = check_array(X, dtype=np.float32)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
         with torch.inference_mode():
             return self.module_(torch.from_numpy(X)).softmax(1).numpy()
 
@@ -163,4 +187,5 @@ def as_torch_head(head: BaseEstimator) -> TorchHead:
         out.module_[0].mean.zero_()
         out.module_[0].scale.fill_(1.0)
     out.module_.eval()
+    out._training = None  # Adam's moments were for the weights before folding
     return out
