@@ -134,7 +134,7 @@ def test_a_jpeg_the_decoder_refuses_is_decoded_by_pil_and_the_rest_still_in_one_
 ])
 def test_a_decoder_call_takes_a_bounded_number_of_pixels(monkeypatch, pixels, runs):
     monkeypatch.setattr(decoding, "PIXELS_PER_CALL", 100)
-    assert list(decoding._calls([JpegInfo(1, 1, n) for n in pixels])) == runs
+    assert list(decoding.decode_calls([JpegInfo(1, 1, n) for n in pixels])) == runs
 
 
 def test_a_batch_crosses_from_a_worker_process_in_one_shared_tensor(tmp_path):

@@ -56,6 +56,19 @@ def test_nothing_inside_the_package_imports_the_package_root():
     assert importers == []
 
 
+STAGES = ("featx.checking", "featx.extraction", "featx.fitting", "featx.scoring", "featx.finetuning")
+
+
+def _stage(module: str) -> str | None:
+    return next((s for s in STAGES if module == s or module.startswith(f"{s}.")), None)
+
+
+def test_stages_share_lower_modules_and_never_import_each_other():
+    sideways = sorted(f"{m} -> {t}" for m, targets in _imports().items() for t in targets
+                      if _stage(m) and _stage(t) and _stage(t) != _stage(m))
+    assert sideways == []
+
+
 def test_there_is_no_import_circle():
     graph = _imports()
     done: set[str] = set()

@@ -159,7 +159,7 @@ def _decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tenso
             return found
 
 
-def _calls(jpegs: list[JpegInfo]) -> Iterator[slice]:
+def decode_calls(jpegs: list[JpegInfo]) -> Iterator[slice]:
     """Runs of consecutive ``jpegs`` of at most PIXELS_PER_CALL pixels (or one larger image)."""
     start, pixels = 0, 0
     for i, info in enumerate(jpegs):
@@ -187,7 +187,7 @@ def decode_batch(batch: EncodedBatch, preprocessing: Preprocessing, device: torc
     """
     jpegs = torch.split(batch.data, [j.nbytes for j in batch.jpegs])
     decoded: list[torch.Tensor | str] = []  # a crop, or why there is none
-    for run in _calls(batch.jpegs):
+    for run in decode_calls(batch.jpegs):
         for jpeg, info, image in zip(jpegs[run], batch.jpegs[run], _decode(list(jpegs[run]), device),
                                      strict=True):
             if image is None:
