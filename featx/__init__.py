@@ -25,7 +25,7 @@ from .version import __version__
 
 # Public name -> the module that defines it.
 _API = {
-    "extract": "extraction", "ExtractResult": "runner", "update_cache": "runner",
+    "extract": "extraction", "ExtractResult": "runner",
     "fit_head": "fitting.fit", "FitResult": "fitting.fit",
     "finetune": "finetuning.run", "FinetuneResult": "finetuning.run", "Recipe": "finetuning.recipe",
     "score": "scoring", "ScoreResult": "scoring",

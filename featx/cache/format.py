@@ -1,0 +1,115 @@
+"""The HDF5 feature cache's format: its layout, its default name, and what a cache holds besides
+its features (``Contents``).
+
+Layout (all row datasets have one row per successfully read image, in the same order):
+
+    /features          N × D float32 (or float16), chunked by rows
+    /labels            N int32, index into /classes
+    /paths             N str, relative to the dataset root
+    /splits            N str, "train" | "val" | "test"
+    /files/size        N int64, bytes of the file each row was read from, when it was scanned
+    /files/mtime_ns    N int64, its modification time
+    /files/sha256      N str, the sha256 of its bytes
+    /classes           C str
+    /failed/paths      str, images that could not be read
+    /failed/errors     str, why
+    attributes         the feature identity (backbone, weights_sha256, pool, feature_dim,
+                       input_size, preprocessing as JSON), dtype, config_key, format_version,
+                       complete, provenance (see ``writer.write``)
+
+Strings are stored as UTF-8; a file name that is not valid UTF-8 keeps its own bytes, so it is
+read back with ``errors="surrogateescape"``. A cache is only ever written whole under a temporary
+name and renamed into place (``files.durable_write``), so a file named ``.h5`` is always complete;
+unfinished work lives in ``NAME.h5.partial/`` (``partial``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+from ..data.folders import Dataset
+from ..identity import FeatureIdentity
+from . import reuse
+
+FORMAT_VERSION = 2  # 2: /files/*, written whole; 1 had no record of the files read
+STRING = h5py.string_dtype("utf-8")
+
+
+def default_path(data_root: Path, identity: FeatureIdentity, dtype: str,
+                 out_dir: str | os.PathLike = "cache") -> Path:
+    """``cache/<dataset>-<backbone>-<pool>[-float16]-<hash>.h5``; the hash covers the absolute
+    dataset path and every setting that changes a feature."""
+    short = hashlib.sha256(f"{data_root.resolve()}\0{identity.key(dtype)}".encode()).hexdigest()[:10]
+    parts = [data_root.resolve().name, identity.backbone, identity.pool]
+    if dtype != "float32":
+        parts.append(dtype)
+    return Path(out_dir) / f"{'-'.join(parts)}-{short}.h5"
+
+
+def encoded(strings) -> list[bytes]:
+    return [s.encode("utf-8", "surrogateescape") for s in strings]
+
+
+def strings(ds: h5py.Dataset) -> list[str]:
+    return ds.asstr(errors="surrogateescape")[()].tolist()
+
+
+def identity_of(attrs: dict) -> FeatureIdentity:
+    """The feature identity a cache's attributes hold."""
+    return FeatureIdentity.from_dict({**attrs, "preprocessing": json.loads(attrs["preprocessing"])})
+
+
+def identity_attrs(identity: FeatureIdentity) -> dict:
+    """The feature identity as cache attributes (HDF5 has no nested ones: preprocessing as JSON)."""
+    d = identity.to_dict()
+    return {**d, "preprocessing": json.dumps(d["preprocessing"])}
+
+
+@dataclass(frozen=True)
+class Contents:
+    """Everything a cache holds but its features and provenance: equal contents, same cache."""
+
+    classes: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    splits: tuple[str, ...]
+    size: tuple[int, ...]
+    mtime_ns: tuple[int, ...]
+    sha256: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, dataset: Dataset, found: dict[int, reuse.Found], failed: dict[int, str]) -> Contents:
+        """The contents for ``dataset`` with each image either found (its row) or failed."""
+        rows = [dataset.samples[i] for i in sorted(found)]
+        return cls(classes=dataset.classes, paths=tuple(s.path.as_posix() for s in rows),
+                   labels=tuple(s.label for s in rows), splits=tuple(s.split for s in rows),
+                   size=tuple(s.size for s in rows), mtime_ns=tuple(s.mtime_ns for s in rows),
+                   sha256=tuple(found[i].sha256 for i in sorted(found)),
+                   failed=tuple((dataset.samples[i].path.as_posix(), err)
+                                for i, err in sorted(failed.items())))
+
+    @classmethod
+    def read(cls, f: h5py.File) -> Contents:
+        return cls(classes=tuple(strings(f["classes"])), paths=tuple(strings(f["paths"])),
+                   labels=tuple(f["labels"][()].tolist()), splits=tuple(strings(f["splits"])),
+                   size=tuple(f["files/size"][()].tolist()),
+                   mtime_ns=tuple(f["files/mtime_ns"][()].tolist()),
+                   sha256=tuple(strings(f["files/sha256"])),
+                   failed=tuple(zip(strings(f["failed/paths"]), strings(f["failed/errors"]),
+                                    strict=True)))
+
+
+def read_attrs(path: Path) -> dict | None:
+    """The attributes of a complete cache at ``path``, or None if there is none there."""
+    try:
+        with h5py.File(path, "r") as f:
+            return dict(f.attrs) if f.attrs.get("complete") else None
+    except (OSError, FileNotFoundError):
+        return None
