@@ -8,7 +8,19 @@ import dataclasses
 import logging
 import sys
 
+# Everything imported here is torch-free, so that `featx --help` starts at once; each command
+# imports its own stage when it runs.
+from .backbones.registry import DEFAULT_BACKBONE, get_backbone, list_backbones
+from .backbones.spec import POOLS
+from .data.augmentation import AUGMENTATIONS
 from .errors import FeatxError
+from .files import size_text
+from .finetuning.recipe import Recipe
+from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
+from .heads.registry import DEFAULT_HEAD, HEADS
+from .identity import DTYPES
+from .runtime import DECODES, EXECUTIONS, Runtime
+from .version import __version__
 
 EXAMPLES = {
     "backbones": "featx backbones",
@@ -52,8 +64,6 @@ def _default(cls, name: str):
 
 def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = True) -> None:
     """The ``Runtime`` options; ``speed``: also how the base runs and where JPEGs are decoded."""
-    from .runtime import DECODES, EXECUTIONS, Runtime
-
     p.add_argument("--device", default=_default(Runtime, "device"),
                    help="auto (CUDA if available), cpu or cuda")
     if batch_size:
@@ -73,9 +83,7 @@ def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = 
                             "default auto: device on a GPU")
 
 
-def _runtime_of(args: argparse.Namespace):
-    from .runtime import Runtime
-
+def _runtime_of(args: argparse.Namespace) -> Runtime:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Runtime) if hasattr(args, f.name)}
     return Runtime(**given, progress=not args.no_progress)
 
@@ -98,9 +106,6 @@ _RECIPE_OPTIONS = {
 
 
 def _recipe(p: argparse.ArgumentParser) -> None:
-    from .data.augmentation import AUGMENTATIONS
-    from .finetuning.recipe import Recipe
-
     for name, (kind, metavar, text) in _RECIPE_OPTIONS.items():
         default = _default(Recipe, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, metavar=metavar,
@@ -111,24 +116,13 @@ def _recipe(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none (default: all)")
 
 
-def _recipe_of(args: argparse.Namespace):
-    from .finetuning.recipe import Recipe
-
+def _recipe_of(args: argparse.Namespace) -> Recipe:
     augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))
     return Recipe(**{name: getattr(args, name) for name in _RECIPE_OPTIONS},
                   train_bn=args.train_bn, augment=augment)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones.registry import DEFAULT_BACKBONE
-    from .backbones.spec import POOLS
-    from .files import size_text
-    from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
-    from .heads.registry import DEFAULT_HEAD, HEADS
-    from .identity import DTYPES
-    from .runtime import Runtime
-    from .version import __version__
-
     parser = argparse.ArgumentParser(
         prog="featx", description="Transfer learning on cached features of a frozen pretrained CNN.")
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
@@ -204,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backbones() -> None:
-    from .backbones.registry import get_backbone, list_backbones
-    from .backbones.weights import is_on_disk
+    from .backbones.weights import is_on_disk  # torch
 
     print(f"{'name':22s} {'dim':>5s} {'input':>5s}  {'weights':9s} source")
     for name in list_backbones():

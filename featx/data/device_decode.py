@@ -23,7 +23,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -105,12 +105,12 @@ class RawReader(Reader):
 
 @dataclass
 class EncodedBatch(ReadBatch):
-    is_jpeg: list[bool] = field(default_factory=list)  # per index: bytes in data, else a crop in crops
-    crops: torch.Tensor | None = None  # uint8 k×3×S×S, the images the reader decoded, in order
+    is_jpeg: list[bool]  # for each of indices: its bytes are in data, else its crop is in crops
+    crops: torch.Tensor | None  # uint8 k×3×S×S, the images the reader decoded, in order
     # Every JPEG's bytes end to end: one tensor crosses from the worker, not one (and one file
     # descriptor) per image.
-    data: torch.Tensor | None = None
-    jpegs: list[JpegInfo] = field(default_factory=list)
+    data: torch.Tensor
+    jpegs: list[JpegInfo]
 
 
 def collate_encoded(items: list[Item]) -> EncodedBatch:
