@@ -134,3 +134,28 @@ def test_the_cli_refuses_in_one_line(blobs, capsys):
         f"featx: error: {blobs}: its features take 2.93 MiB (3,000 x 256 float32), more than the "
         f"1 MiB memory budget, and the knn head needs them all in memory: use --model linear or "
         f"mlp, which stream them from disk, or raise --max-memory\n")
+
+
+def test_a_cache_written_from_arrays_reads_back_as_given(tmp_path):
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    path = featx.write_cache(tmp_path / "mine.h5", X, [0, 1, 0, 1, 0, 1], ["cat", "dog"],
+                             splits=["train"] * 4 + ["val"] * 2)
+    fc = featx.open_cache(path)
+    assert np.array_equal(fc.features, X) and fc.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert fc.classes == ["cat", "dog"] and fc.paths[0] == "row-0000000" and fc.splits[-1] == "val"
+    assert fc.identity.backbone == "external" and fc.identity.feature_dim == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels=[0, 1]), "6 feature rows, but 2 labels, 6 paths and 6 splits: give one of each per row"),
+    (dict(labels=[0, 1, 2, 0, 1, 0]), "labels must index the 2 classes, 0 to 1"),
+    (dict(splits=["train"] * 5 + ["dev"]),
+     r"unknown split\(s\) dev: each row's split is one of train, val, test"),
+    (dict(dtype="float64"), "unknown dtype 'float64': choose one of float32, float16"),
+])
+def test_writing_a_cache_from_arrays_refuses_what_does_not_fit(tmp_path, kwargs, message):
+    given = {"features": np.zeros((6, 2), np.float32), "labels": [0, 1] * 3, "classes": ["cat", "dog"],
+             **kwargs}
+    with pytest.raises(featx.ConfigError, match=f"^{message}$"):
+        featx.write_cache(tmp_path / "bad.h5", **given)
+    assert not (tmp_path / "bad.h5").exists()
