@@ -56,11 +56,10 @@ class BatchOutput:
     failed: list[tuple[int, str]]
 
 
-def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime
-            ) -> torch.utils.data.DataLoader:
+def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime,
+            on_device: bool) -> torch.utils.data.DataLoader:
     batch_size = runtime.batch_size_on(device)
     workers = runtime.workers_for(math.ceil(len(dataset.samples) / batch_size))
-    on_device = runtime.decode_on(device) == "device"
     paths = [s.path for s in dataset.samples]
     reader = (RawReader if on_device else ImageReader)(dataset.root, paths, model.preprocessing.crop)
     return torch.utils.data.DataLoader(
@@ -79,10 +78,10 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     the model).
     """
     device = runtime.torch_device()
-    loader = _loader(model, dataset, device, runtime)
+    on_device = runtime.decode_on(device) == "device"
+    loader = _loader(model, dataset, device, runtime, on_device)
     batches = iter(loader)  # the workers start decoding while the model is being prepared
     runner = prepare(model, runtime.execution, device, loader.batch_size)
-    on_device = runtime.decode_on(device) == "device"
     bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not runtime.progress,
                dynamic_ncols=True)
     skipped = 0

@@ -62,10 +62,10 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     """
     start = time.perf_counter()
     runtime = runtime or Runtime()
+    runtime.torch_device()  # a device that is not there fails before any scan or model load
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
-    runtime.torch_device()
     folder, scores = Path(folder), Path(cache_dir) / "scores"
     csv_path = Path(out) if out else scores / f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
