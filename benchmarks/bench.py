@@ -4,16 +4,17 @@
     .venv/bin/python benchmarks/bench.py --backbone resnet50 --weights none --only throughput
 
 In one run, on the same images, it measures and prints:
-  (a) the model-only forward throughput on random uint8 batches, with the layout, precision and
-      execution featx uses (and, beside it, plain torch's eager runs in NCHW and channels_last);
-      measured again just before each dataset's (b), for its b/a;
+  (a) the model-only forward throughput on random uint8 batches: plain torch's eager runs in NCHW
+      and channels_last, featx's torch fold, and the exported graph on each installed runtime
+      (ONNX Runtime, OpenVINO; bfloat16 too where the CPU has it). The limit is the fastest
+      runtime's float32 rate, measured again just before each dataset's (b), for its b/a;
   (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
   (c) a loop in the style of the Keras/PyTorch recipes: PIL decode and transform, forward in
       NCHW, one process, features kept in a list and saved at the end;
-and the ratios b/a and b/c with the peak memory of each run. Then: the peak memory of extract on
-N and 10×N images (the folder repeated by symlinks); fit-head on 200,000 × 2,048 synthetic
-features; and 10 epochs of a linear head trained the recipes' way (the frozen base run every
-epoch) against featx's extract once + fit-head.
+and the ratios b/a and b/c with the peak memory of each run, and what decoding an image costs.
+Then: the peak memory of extract on N and 10×N images (the folder repeated by symlinks);
+fit-head on 200,000 × 2,048 synthetic features; and 10 epochs of a linear head trained the
+recipes' way (the frozen base run every epoch) against featx's extract once + fit-head.
 
 Every measurement runs in a child process of its own (fit-head's in ``heads_at_scale.py``), so
 each memory figure is that run's alone: "peak memory" is the largest sum, sampled every second, of
@@ -28,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -82,9 +82,9 @@ def run_child(job: str, plain: bool = False, **kwargs) -> dict:
 # --- the jobs, each run in its own process ------------------------------------------------------
 
 def job_forward(backbone: str, weights: str | None, batch_size: int, batches: int,
-                execution: str) -> dict:
+                execution: str, dtype: str = "float32") -> dict:
     """Images/s of one execution on a random batch, run over and over as extraction runs it,
-    and the largest difference of its features from eager channels_last ones."""
+    and the largest difference of its features from eager ones."""
     import torch
 
     import featx
@@ -97,8 +97,9 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
     if execution == "eager-nchw":
         f = model
     else:
-        f = prepare(model, execution, torch.device("cpu"), batch_size)
-        x = x.contiguous(memory_format=torch.channels_last)
+        f = prepare(model, execution, torch.device("cpu"), batch_size, dtype)
+        if f.execution != execution:
+            sys.exit(f"bench: {execution} was refused, {f.execution} ran instead")
     with torch.inference_mode():
         start = time.perf_counter()
         f(x)  # a compiled model compiles here
@@ -113,13 +114,44 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
             "relative_difference": ((out - ref).abs().max() / ref.abs().max()).item()}
 
 
+def job_decode(data: str, backbone: str, weights: str | None, batch_size: int, n: int = 300) -> dict:
+    """Milliseconds of one core per image to read, decode, resize and crop, as featx's workers do
+    (PIL decodes, torch resizes the uint8 tensor), and with the resize done by PIL on the image,
+    as the recipes do; and the largest pixel difference between the two."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    import featx
+    from featx.data.images import load_rgb
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    pre = featx.get_backbone(backbone).preprocessing
+    paths = [Path(data) / s.path for s in featx.scan(data).samples][:n]
+
+    def pil(path):
+        image = TF.resize(load_rgb(path), [pre.resize_size], InterpolationMode(pre.interpolation),
+                          antialias=True)
+        return TF.pil_to_tensor(TF.center_crop(image, [pre.crop_size]))
+
+    result = {}
+    for name, crop in [("featx", lambda path: pre.crop(load_rgb(path))), ("pil", pil)]:
+        crop(paths[0])
+        start = time.perf_counter()
+        result[name] = [crop(p) for p in paths]
+        result[f"{name}_ms"] = (time.perf_counter() - start) / len(paths) * 1000
+    result["max_pixel_difference"] = max(int((a.int() - b.int()).abs().max())
+                                         for a, b in zip(result.pop("featx"), result.pop("pil"), strict=True))
+    return result
+
+
 def job_extract(data: str, out: str, backbone: str, weights: str | None, batch_size: int,
                 execution: str) -> dict:
     import featx
 
     r = featx.extract(data, backbone, weights, out=out, force=True,
                       runtime=featx.Runtime(batch_size=batch_size, progress=False, execution=execution))
-    return {"images": r.n_images + r.n_failed, "seconds": r.seconds}
+    return {"images": r.n_images + r.n_failed, "seconds": r.seconds, "execution": r.execution}
 
 
 def _recipe_transform(pre, train: bool):
@@ -238,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                    default=[SHARED / "flowers128", SHARED / "hymenoptera"])
     p.add_argument("--images", type=int, default=1600, help="images per dataset (default 1600; 0: all)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--execution", default="fold", help="featx's execution for (a) and (b)")
+    p.add_argument("--execution", default="auto", help="featx's execution for (b) (default auto)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile in (a)")
     p.add_argument("--forward-batches", type=int, default=10)
     p.add_argument("--memory-images", type=int, default=300, help="N for the N vs 10 N run")
@@ -261,43 +293,68 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from featx.execution import cpu
+    from featx.execution.exported import installed
     from featx.files import size_text
 
+    runtimes = installed()
+    if not runtimes:
+        sys.exit("bench: neither onnxruntime nor openvino is installed, so there is no limit to "
+                 "measure against: pip install onnxruntime openvino")
+    versions = ", ".join(f"{r} {__import__(r).__version__}" for r in runtimes)
     print(f"featx benchmark: {args.backbone} (weights {args.weights or 'default'}), batch "
-          f"{args.batch_size}, float32, execution {args.execution}; {os.cpu_count()} CPU cores "
-          f"({platform.processor() or platform.machine()}), torch {torch.__version__}", flush=True)
+          f"{args.batch_size}, float32, execution {args.execution}; CPU {cpu.describe()}; torch "
+          f"{torch.__version__}, {versions}", flush=True)
+
+    def limit() -> tuple[str, float]:
+        """The fastest runtime's model-only float32 rate, measured now."""
+        rates = {r: run_child("forward", **model, execution=r, batches=args.forward_batches)["rate"]
+                 for r in runtimes}
+        best = max(rates, key=rates.get)
+        return best, rates[best]
+
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
         work = Path(tmp)
         if "throughput" in sections:
+            names = [*PLAIN, "fold", *runtimes, *["compile"] * args.compile]
             runs = {name: run_child("forward", plain=name in PLAIN, **model,
                                     execution=name.removesuffix("-plain"), batches=args.forward_batches)
-                    for name in dict.fromkeys([*PLAIN, "eager", args.execution, "fold",
-                                               *["compile"] * args.compile])}
-            limit, eager = runs[args.execution]["rate"], runs["eager-plain"]["rate"]
-            print("(a) forward limit, random uint8 batches, img/s: " + ", ".join(
+                    for name in names}
+            if "openvino" in runtimes and cpu.has_native_bf16():
+                runs["openvino-bf16"] = run_child("forward", **model, execution="openvino",
+                                                  dtype="bfloat16", batches=args.forward_batches)
+            fastest = max(runtimes, key=lambda r: runs[r]["rate"])
+            top, eager = runs[fastest]["rate"], runs["eager-plain"]["rate"]
+            print("(a) forward, random uint8 batches, img/s: " + ", ".join(
                 f"{name} {r['rate']:.1f}" for name, r in runs.items()))
-            print(f"    {args.execution}: {limit / eager:.2f}x plain torch's eager channels_last; largest "
-                  f"feature difference from eager (relative): " + ", ".join(
+            print(f"    limit: {fastest}, {top / eager:.2f}x plain torch's eager channels_last and "
+                  f"{top / runs['fold']['rate']:.2f}x featx's torch fold; largest feature difference "
+                  f"from eager (relative): " + ", ".join(
                       f"{n} {r['relative_difference']:.1e}" for n, r in runs.items()))
             if args.compile:
                 print(f"    compile: the first batch took {runs['compile']['setup']:.0f} s (compiling)")
-            print(f"{'dataset':14s} {'images':>6s} {'(a) limit':>10s} {'(b) extract':>12s} "
-                  f"{'(c) recipe':>11s} {'b/a':>5s} {'b/c':>5s} {'peak mem b':>11s} {'peak mem c':>11s}")
+            print(f"{'dataset':14s} {'images':>6s} {'(a) torch':>10s} {'(a) limit':>22s} "
+                  f"{'(b) extract':>12s} {'(c) recipe':>11s} {'b/a':>5s} {'b/c':>5s} "
+                  f"{'peak mem b':>11s} {'peak mem c':>11s}")
             for data in args.data:
                 folder, n = subset(data, args.images or None, work / data.name)
-                # The limit again, just before (b): this machine's speed drifts over minutes, and
+                # The limits again, just before (b): this machine's speed drifts over minutes, and
                 # b/a should compare two runs made under the same conditions.
-                limit = run_child("forward", **model, execution=args.execution,
-                                  batches=args.forward_batches)["rate"]
+                torch_rate = run_child("forward", **model, execution="fold",
+                                       batches=args.forward_batches)["rate"]
+                best, rate = limit()
+                decode = run_child("decode", data=str(folder), **model)
                 b = run_child("extract", data=str(folder), out=str(work / f"{data.name}.h5"),
                               **model, execution=args.execution)
                 c = run_child("recipe", plain=True, data=str(folder),
                               out=str(work / f"{data.name}-recipe.h5"), **model)
                 rb, rc = b["images"] / b["seconds"], c["images"] / c["seconds"]
-                print(f"{data.name:14s} {n:6d} {limit:10.1f} {rb:12.1f} {rc:11.1f} {rb / limit:5.2f} "
-                      f"{rb / rc:5.2f} {size_text(b['peak_bytes']):>11s} "
-                      f"{size_text(c['peak_bytes']):>11s}",
-                      flush=True)
+                print(f"{data.name:14s} {n:6d} {torch_rate:10.1f} {f'{best} {rate:.1f}':>22s} "
+                      f"{rb:12.1f} {rc:11.1f} {rb / rate:5.2f} {rb / rc:5.2f} "
+                      f"{size_text(b['peak_bytes']):>11s} {size_text(c['peak_bytes']):>11s}"
+                      f"  (b ran on {b['execution']}; decoding {decode['featx_ms']:.2f} ms of one core "
+                      f"an image, {decode['pil_ms']:.2f} resized by PIL, pixels within "
+                      f"{decode['max_pixel_difference']})", flush=True)
         if "memory" in sections:
             data = args.data[0]
             runs = []

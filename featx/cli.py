@@ -75,9 +75,11 @@ def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = 
     if speed:
         execution = _default(Runtime, "execution")
         p.add_argument("--execution", default=execution, choices=EXECUTIONS,
-                       help=f"how the frozen base runs (default {execution}: BatchNorm folded into "
-                            f"the convolutions, checked against eager; compile: torch.compile, which "
-                            f"pays a minute or more of compiling)")
+                       help=f"how the frozen base runs (default {execution}: on a CPU the exported "
+                            f"graph on whichever of onnxruntime and openvino is fastest here, timed "
+                            f"once; on a GPU fold: torch with BatchNorm folded into the convolutions; "
+                            f"eager: torch as it is; compile: torch.compile, a minute or more of "
+                            f"compiling)")
         p.add_argument("--decode", default=_default(Runtime, "decode"), choices=DECODES,
                        help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
                             "default auto: device on a GPU")
@@ -150,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state-dict file to load, or 'none' for random init (default: the "
                         "backbone's ImageNet weights, from the torch hub cache or downloaded)")
     p.add_argument("--pool", default="avg", choices=POOLS, help="pooling of the feature map (default avg)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored feature type")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="the features' precision (default: float32 on a CPU, the GPU's mixed "
+                        "precision on a GPU); float16 halves the file; bfloat16 on a CPU needs "
+                        "native bfloat16 (AVX-512 BF16 or AMX) and OpenVINO")
     p.add_argument("--out", default=None,
                    help="a .h5 file, or a folder for the default name (default cache/)")
     p.add_argument("--force", action="store_true",

@@ -14,29 +14,31 @@ from .data.folders import scan
 from .errors import ConfigError
 from .identity import DTYPES
 from .runner import ExtractResult, update_cache
-from .runtime import Runtime
+from .runtime import Runtime, default_dtype
 
 log = logging.getLogger(__name__)
 
 
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             weights: str | os.PathLike | None = None, pool: str = "avg",
-            out: str | os.PathLike | None = None, dtype: str = "float32", force: bool = False,
+            out: str | os.PathLike | None = None, dtype: str | None = None, force: bool = False,
             runtime: Runtime | None = None) -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
     ``weights``: None for the backbone's default weights, a state-dict path, or "none" (random,
     seeded). ``out`` is a file path, or a folder for the default name (default: ``cache/``).
     Features already in that file, or kept by an interrupted run, are reused for every file
-    unchanged since; only new and changed images are extracted, unless ``force``. ``runtime``:
-    device, batch size, workers, execution and decoding (``Runtime``'s defaults when None).
+    unchanged since; only new and changed images are extracted, unless ``force``. ``dtype``: the
+    features' precision (``identity.DTYPES``; None: ``runtime.default_dtype``, float32 on a
+    CPU). ``runtime``: device, batch size, workers, execution and decoding (``Runtime``'s
+    defaults when None).
     """
     runtime = runtime or Runtime()
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     # Settings are checked before a possibly long scan of the data, so a typo fails at once.
     check_pool(get_backbone(backbone), pool)
-    runtime.torch_device()
+    dtype = dtype or default_dtype(runtime.torch_device())
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \

@@ -12,9 +12,18 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 RANDOM_INIT = "random-init"  # the weights_sha256 of a seeded random initialisation
-# How a cache may store features; the dtype is part of a cache's key, not of the identity, which a
-# bundle shares with caches of either.
-DTYPES = ("float32", "float16")
+# The features' precision. It is part of a cache's key, not of the identity, which a bundle shares
+# with caches of any. float32: computed and stored in float32; every execution whose features
+# agree with eager torch's to ``execution.fold.TOLERANCE`` (1e-4, relative) shares it. float16:
+# stored in float16 (on a GPU also computed in it), so to float16's rounding. bfloat16: computed
+# in bfloat16 (OpenVINO on a CPU that has it natively, autocast on a GPU), ~1e-2 from float32.
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def storage_dtype(dtype: str) -> str:
+    """The HDF5 type features of ``dtype`` are stored as: HDF5 has no bfloat16, and the float32
+    that bfloat16 arithmetic hands back is kept as it is."""
+    return "float32" if dtype == "bfloat16" else dtype
 
 
 @dataclass(frozen=True)

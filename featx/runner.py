@@ -54,6 +54,7 @@ class BatchOutput:
     features: np.ndarray      # float32, one row per index
     digests: list[str]        # sha256 of each file, one per index
     failed: list[tuple[int, str]]
+    execution: str            # what computed them (``execution.prepare.Runner.execution``)
 
 
 def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime,
@@ -68,9 +69,10 @@ def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, run
         prefetch_factor=4 if workers else None, worker_init_fn=_lower_priority)
 
 
-def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, desc: str = "extract"
-                ) -> Iterator[BatchOutput]:
-    """Features of every readable image in ``dataset``, in order, one batch at a time.
+def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, desc: str = "extract",
+                dtype: str = "float32") -> Iterator[BatchOutput]:
+    """Features of every readable image in ``dataset``, in order, one batch at a time, computed
+    to ``dtype``'s precision (``identity.DTYPES``).
 
     ``runtime.execution`` is how the model runs (``featx.execution``); ``model`` itself is not
     changed, so a model being fine-tuned keeps its own BatchNorm layers. ``runtime.decode``: where
@@ -81,23 +83,22 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     on_device = runtime.decode_on(device) == "device"
     loader = _loader(model, dataset, device, runtime, on_device)
     batches = iter(loader)  # the workers start decoding while the model is being prepared
-    runner = prepare(model, runtime.execution, device, loader.batch_size)
-    bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not runtime.progress,
-               dynamic_ncols=True)
+    runner = prepare(model, runtime.execution, device, loader.batch_size, dtype)
+    bar = tqdm(total=len(loader.dataset), unit="img", desc=f"{desc} ({runner.execution})",
+               disable=not runtime.progress, dynamic_ncols=True)
     skipped = 0
-    with bar, torch.inference_mode(), autocast_for(device):
+    with bar, torch.inference_mode(), autocast_for(device, dtype):
         for batch in batches:
             if on_device:
                 batch = decode_batch(batch, model.preprocessing, device)
             features = np.empty((0, model.feature_dim), np.float32)
             if batch.images is not None:
-                x = batch.images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                features = runner(x).float().cpu().numpy()
+                features = runner(batch.images.to(device, non_blocking=True)).float().cpu().numpy()
             skipped += len(batch.failed)
             bar.update(len(batch.indices) + len(batch.failed))
             if batch.failed:
                 bar.set_postfix(skipped=skipped)
-            yield BatchOutput(batch.indices, features, batch.digests, batch.failed)
+            yield BatchOutput(batch.indices, features, batch.digests, batch.failed, runner.execution)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class ExtractResult:
     up_to_date: bool = False
     failed: list[tuple[str, str]] = field(default_factory=list)
     n_reused: int = 0  # images whose features came from the cache or an interrupted run
+    execution: str = ""  # what computed the features extracted this time (``featx.execution``)
 
     @property
     def n_extracted(self) -> int:
@@ -122,7 +124,8 @@ class ExtractResult:
         if self.up_to_date:
             return f"up to date: {self.path} ({self.n_images} images, {self.n_failed} skipped)"
         reused = f", reused {self.n_reused}" if self.n_reused else ""
-        rate = f", {self.images_per_second:.1f} img/s" if self.n_extracted else ""
+        rate = (f", {self.images_per_second:.1f} img/s on {self.execution}" if self.n_extracted
+                else "")
         return (f"extracted {self.n_extracted} images{reused} ({self.n_failed} skipped) in "
                 f"{self.seconds:.1f} s{rate} -> {self.path}")
 
@@ -145,17 +148,17 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
         n_kept = sum(f.source is not old for f in plan.found.values())
         if n_kept:
             log.info("resuming: %d images were already extracted in %s", n_kept, store.dir)
-        failed = _extract_into(store, model, dataset, plan.todo, runtime, desc)
+        failed, execution = _extract_into(store, model, dataset, plan.todo, runtime, desc, dtype)
         found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
         contents = Contents.of(dataset, found, failed)
         result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
-                               n_reused=len(plan.found),
+                               n_reused=len(plan.found), execution=execution,
                                up_to_date=old is not None and old.contents == contents)
         if not result.up_to_date:
             device = runtime.torch_device()
             try:
                 write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
-                      tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=runtime.execution,
+                      tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=execution or "none",
                       decode=runtime.decode_on(device), seconds=time.perf_counter() - start,
                       data_root=str(dataset.root.resolve()))
             except OSError as e:
@@ -172,17 +175,19 @@ def _write_error(e: OSError, store: Partial) -> CacheError:
 
 
 def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, todo: list[int],
-                  runtime: Runtime, desc: str) -> dict[int, str]:
+                  runtime: Runtime, desc: str, dtype: str) -> tuple[dict[int, str], str]:
     """Run the samples ``todo`` through the model into ``store``; return {index: error} of those
-    that could not be read."""
+    that could not be read, and the execution that ran ("" when none had to)."""
     failed: dict[int, str] = {}
+    execution = ""
     if not todo:
-        return failed
+        return failed, execution
     part = dataset.subset(todo)
     try:
-        for out in run_batches(model, part, runtime, desc):
+        for out in run_batches(model, part, runtime, desc, dtype):
             store.add([part.samples[j] for j in out.indices], out.digests, out.features)
             failed.update((todo[j], err) for j, err in out.failed)
+            execution = out.execution
         store.flush()
     except OSError as e:
         raise _write_error(e, store) from e
@@ -191,4 +196,4 @@ def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, tod
         log.warning("stopped: the %d images extracted so far are kept in %s; run the same command "
                     "again to go on", store.n_rows, store.dir)
         raise
-    return failed
+    return failed, execution

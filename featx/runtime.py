@@ -17,8 +17,8 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-EXECUTIONS = ("eager", "fold", "compile")
-DEFAULT_EXECUTION = "fold"
+EXECUTIONS = ("auto", "eager", "fold", "compile", "onnxruntime", "openvino")
+DEFAULT_EXECUTION = "auto"
 DECODES = ("auto", "cpu", "device")
 
 
@@ -83,14 +83,28 @@ class Runtime:
         return self.decode
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bfloat16 where the GPU has it, else float16); none on the CPU,
-    where float32 is both exact and the fastest path for these models."""
+def default_dtype(device: torch.device) -> str:
+    """The features' precision (``identity.DTYPES``) when none is asked for: float32 on a CPU;
+    on a GPU its fast mixed precision, bfloat16 where it computes that natively (compute
+    capability 8+; emulated, as torch.cuda.is_bf16_supported() would accept, it is slower than
+    float16), else float16."""
+    import torch
+
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
+
+
+def autocast_for(device: torch.device, dtype: str | None = None) -> contextlib.AbstractContextManager:
+    """Torch's precision for features of ``dtype`` on ``device`` (None: ``default_dtype``, as
+    fine-tuning trains). On a GPU, bfloat16 and float16 are autocast and float32 is float32
+    throughout, TF32 convolutions included; a CPU computes in float32 (its bfloat16 runs on
+    OpenVINO, ``featx.execution``)."""
     import torch
 
     if device.type != "cuda":
         return contextlib.nullcontext()
-    # bfloat16 only where the GPU computes it natively (compute capability 8+); emulated, as
-    # torch.cuda.is_bf16_supported() would accept, it is slower than float16.
-    native = torch.cuda.get_device_capability(device)[0] >= 8
-    return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
+    dtype = dtype or default_dtype(device)
+    if dtype == "float32":
+        return torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False)
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))

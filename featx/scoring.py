@@ -22,7 +22,7 @@ from .cache.reader import open_cache
 from .data.folders import Dataset, scan_unlabelled
 from .plots import confusion_matrix_png
 from .runner import ExtractResult, update_cache
-from .runtime import Runtime
+from .runtime import Runtime, default_dtype
 
 
 @dataclass
@@ -62,15 +62,15 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     """
     start = time.perf_counter()
     runtime = runtime or Runtime()
-    runtime.torch_device()  # a device that is not there fails before any scan or model load
+    dtype = default_dtype(runtime.torch_device())  # a missing device fails before any scan
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
     csv_path = Path(out) if out else scores / f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    extracted = update_cache(default_path(dataset.root, model.identity(), "float32", scores),
-                             dataset, model, "float32", runtime, desc="score")
+    extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
+                             dataset, model, dtype, runtime, desc="score")
     fc = open_cache(extracted.path, identity=b.identity)
     rows = dict(zip(fc.paths, b.predict_proba(fc.features), strict=True))
     truth, guess, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))

@@ -29,7 +29,8 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     assert code == 0
     cache = re.search(r"-> (\S+\.h5)$", out, re.M).group(1)
     assert out.startswith("skipped val/red/zero.jpg: ")
-    assert re.search(r"^extracted 16 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s -> cache/colours-",
+    assert re.search(r"^extracted 16 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s on "
+                     r"[\w+]+ -> cache/colours-",
                      out, re.M)
     assert "featx: " in err and "16 images" not in err  # log lines go to stderr
 
@@ -46,7 +47,8 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
                        "--out", "scores.csv")
     assert code == 0
-    assert re.fullmatch(r"features: extracted 6 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s -> "
+    assert re.fullmatch(r"features: extracted 6 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s on "
+                        r"[\w+]+ -> "
                         r"cache/scores/val-efficientnet_lite0-avg-\w{10}\.h5", out.splitlines()[1])
     assert out.splitlines()[2:] == ["predicted: blue 3, red 3", "accuracy on 6 labelled images: 1.0000",
                                     "skipped red/zero.jpg: OSError: empty file (0 bytes)"]

@@ -24,6 +24,7 @@ import numpy as np
 from ..data.folders import Sample
 from ..data.images import error_line
 from ..files import durable_write
+from ..identity import storage_dtype
 from . import reuse
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Partial:
                      size=np.array([s.size for s in samples], np.int64),
                      mtime_ns=np.array([s.mtime_ns for s in samples], np.int64),
                      sha256=np.array(digests),
-                     features=np.concatenate([x for _, _, x in rows]).astype(self.dtype))
+                     features=np.concatenate([x for _, _, x in rows]).astype(storage_dtype(self.dtype)))
         shard = Shard(path, reuse.entries(paths, [s.size for s in samples],
                                           [s.mtime_ns for s in samples], digests))
         self.shards.append(shard)

@@ -13,7 +13,7 @@ import numpy as np
 from ..data.folders import SPLITS
 from ..errors import ConfigError
 from ..files import durable_write
-from ..identity import DTYPES, FeatureIdentity
+from ..identity import DTYPES, FeatureIdentity, storage_dtype
 from ..version import __version__
 from . import reuse
 from .format import FORMAT_VERSION, STRING, Contents, encoded, identity_attrs
@@ -61,8 +61,9 @@ def write(path: Path, contents: Contents, placed: list[reuse.Found], identity: F
     """Write the cache at ``path`` whole: rows in ``contents`` order, features from ``placed``."""
     dim = identity.feature_dim
     with durable_write(path, tmp), h5py.File(tmp, "w") as f:
-        rows = max(1, (1 << 20) // (dim * np.dtype(dtype).itemsize))
-        features = f.create_dataset("features", (len(placed), dim), dtype=dtype,
+        stored = storage_dtype(dtype)
+        rows = max(1, (1 << 20) // (dim * np.dtype(stored).itemsize))
+        features = f.create_dataset("features", (len(placed), dim), dtype=stored,
                                     maxshape=(None, dim), chunks=(rows, dim))
         _copy_features(features, placed)
         f.create_dataset("labels", data=np.array(contents.labels, np.int32))

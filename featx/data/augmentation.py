@@ -39,7 +39,9 @@ def train_transform(p: Preprocessing, augment: Collection[str] = AUGMENTATIONS
 
     augment = check_augment(augment)
     interpolation = InterpolationMode(p.interpolation)
-    steps: list[Callable] = []
+    # On uint8 tensors from the start, as ``Preprocessing.crop`` resizes: torch's resampling is
+    # the faster, and without augmentations the two give the same pixels.
+    steps: list[Callable] = [v2.PILToTensor()]
     if "rotate" in augment:
         steps.append(v2.RandomRotation(10, interpolation=InterpolationMode.BILINEAR))
     if "crop" in augment:
@@ -51,4 +53,4 @@ def train_transform(p: Preprocessing, augment: Collection[str] = AUGMENTATIONS
         steps.append(v2.RandomHorizontalFlip())
     if "color" in augment:
         steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2))
-    return v2.Compose([*steps, v2.PILToTensor()])
+    return v2.Compose(steps)

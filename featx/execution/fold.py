@@ -22,6 +22,13 @@ from ..backbones.extractor import FeatureExtractor
 TOLERANCE = 1e-4
 
 
+def probe_batch(model: FeatureExtractor) -> torch.Tensor:
+    """The fixed batch every execution is checked on: two seeded random uint8 images."""
+    size = model.preprocessing.crop_size
+    return torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
+
+
 def _bn_pairs(base: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(convolution, BatchNorm) pairs where the BatchNorm's input is exactly that convolution's
     output, as seen on one forward pass of ``probe``."""

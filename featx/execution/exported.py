@@ -1,0 +1,177 @@
+"""The frozen base as one exported ONNX graph, run by ONNX Runtime or OpenVINO: featx's fast path
+on a CPU, two to three times torch's own forward on the same cores (README, Speed).
+
+The graph (normalisation, base and pooling, with a dynamic batch) is exported by ``torch.onnx``
+once per feature identity, torch version and opset, written crash-safe under the torch hub folder
+beside downloaded weights, and reused by every run after. Whenever a session is made its features
+are checked against eager torch on a fixed batch; the largest difference is recorded beside the
+graph, and above ``TOLERANCES`` the runtime is refused (``Refused``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backbones.extractor import FeatureExtractor
+from ..errors import ConfigError
+from ..files import durable_write
+from . import cpu
+from .fold import TOLERANCE, probe_batch
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # execution -> module
+# The opset both runtimes' current releases implement in full; part of the graph's key.
+OPSET = 18
+# Largest relative difference from eager float32 features each precision may show. bfloat16
+# keeps 8 bits of mantissa, and Lite0's features measured 2e-2 from float32 ones on OpenVINO;
+# a wrongly exported graph differs by ~1.
+TOLERANCES = {"float32": TOLERANCE, "bfloat16": 0.1}
+
+
+def computed_in(dtype: str) -> str:
+    """The precision a CPU runtime computes features of ``dtype`` in: float16 features are
+    float32 ones, stored rounded."""
+    return "bfloat16" if dtype == "bfloat16" else "float32"
+
+
+class Refused(Exception):
+    """The graph could not be exported, or a runtime's features differ from eager ones by more
+    than the tolerance: the message says which, in one line."""
+
+
+def folder() -> Path:
+    return Path(torch.hub.get_dir()) / "featx" / "exports"
+
+
+def graph_path(model: FeatureExtractor) -> Path:
+    key = f"{model.identity().key('float32')}\0{torch.__version__}\0{OPSET}"
+    return folder() / f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+
+
+def export(model: FeatureExtractor) -> Path:
+    """The ONNX graph of ``model`` (on the CPU), exported now unless it already was."""
+    path = graph_path(model)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: exporting the frozen base to ONNX, once for these weights, to %s",
+             model.spec.name, path)
+    # A temporary name of this process's own, so two runs exporting at once never share one.
+    with durable_write(path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp, \
+            warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # The exporter reports each of its steps on stdout and warns about shapes it has fixed.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (probe_batch(model),), tmp, dynamo=True, opset_version=OPSET,
+                              input_names=["images"], output_names=["features"], external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        except Exception as e:  # whatever the exporter cannot trace, the model still runs in torch
+            raise Refused(f"{model.spec.name} cannot be exported to ONNX "
+                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
+    return path
+
+
+def _onnxruntime(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Spinning threads would hold the cores that the decoding workers, at low priority, need
+    # between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x})[0]
+
+
+def _openvino(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    precision = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[0]
+
+
+SESSIONS = {"onnxruntime": _onnxruntime, "openvino": _openvino}
+
+
+def installed() -> list[str]:
+    """The exported-graph runtimes this environment has, in ``RUNTIMES``'s order."""
+    import importlib.util
+
+    return [name for name, module in RUNTIMES.items() if importlib.util.find_spec(module)]
+
+
+def check_dtype(execution: str, dtype: str) -> None:
+    """Refuse, in one line, a precision the runtime or this CPU cannot compute natively."""
+    if dtype != "bfloat16":
+        return
+    if execution != "openvino":
+        raise ConfigError(f"--dtype bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
+                          f"--execution or pass --execution openvino")
+    if not cpu.has_native_bf16():
+        raise ConfigError(f"--dtype bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
+                          f"AMX); this one ({cpu.describe()}) has none: use --dtype float32")
+
+
+class Exported:
+    """``model``'s exported graph in the runtime ``execution``: uint8 images in, features out,
+    like the model itself. ``difference``: the largest relative difference of its features from
+    eager ones on ``probe_batch``; raises ``Refused`` above the dtype's tolerance."""
+
+    def __init__(self, model: FeatureExtractor, execution: str, dtype: str = "float32"):
+        if execution not in installed():
+            raise ConfigError(f"--execution {execution} needs the {RUNTIMES[execution]} package: "
+                              f"pip install {RUNTIMES[execution]}")
+        check_dtype(execution, dtype)
+        self.execution, precision = execution, computed_in(dtype)
+        path = export(model)
+        self.session = SESSIONS[execution](path, precision, torch.get_num_threads())
+        probe = probe_batch(model)
+        with torch.inference_mode():
+            want = model(probe).numpy()
+        got = self(probe).numpy()
+        self.difference = float(np.abs(want - got).max() / max(np.abs(want).max(), 1e-12))
+        record(path, f"{execution}/{precision}", self.difference)
+        if self.difference > TOLERANCES[precision]:
+            raise Refused(f"{model.spec.name} on {execution} ({precision}) gives features "
+                          f"{self.difference:.1e} (relative) from eager ones, more than "
+                          f"{TOLERANCES[precision]:.0e}")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.session(images.contiguous().numpy())))
+
+
+def notes_path(graph: Path) -> Path:
+    return graph.with_suffix(".json")
+
+
+def read_notes(graph: Path) -> dict:
+    """What was recorded beside a graph: ``differences`` per runtime and dtype, and ``choices``
+    (the fastest runtime per CPU and dtype, with the rates that chose it)."""
+    try:
+        return json.loads(notes_path(graph).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record(graph: Path, key: str, value, section: str = "differences") -> None:
+    notes = read_notes(graph)
+    notes.setdefault(section, {})[key] = value
+    path = notes_path(graph)
+    with durable_write(path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp:
+        tmp.write_text(json.dumps(notes, indent=1, sort_keys=True))
