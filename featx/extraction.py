@@ -12,6 +12,7 @@ from .backbones.spec import check_pool
 from .cache.format import default_path
 from .data.folders import scan
 from .errors import ConfigError
+from .execution.exported import check_dtype
 from .identity import DTYPES
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -38,7 +39,10 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     # Settings are checked before a possibly long scan of the data, so a typo fails at once.
     check_pool(get_backbone(backbone), pool)
-    dtype = dtype or default_dtype(runtime.torch_device())
+    device = runtime.torch_device()
+    dtype = dtype or default_dtype(device)
+    if device.type == "cpu":
+        check_dtype(runtime.execution, dtype)
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \

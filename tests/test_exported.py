@@ -138,12 +138,14 @@ def test_the_runtimes_are_refused_on_a_gpu(tiny_net):
         prepare(tiny_net, "openvino", torch.device("cuda"), batch_size=4)
 
 
-def test_bfloat16_where_the_cpu_has_none_is_one_line_naming_the_cpu(tiny_net, monkeypatch):
+def test_bfloat16_where_the_cpu_has_none_is_one_line_naming_the_cpu(tiny_net, monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    with pytest.raises(featx.ConfigError, match=r"^--dtype bfloat16 needs a CPU with native bfloat16 "
-                                                r"\(AVX-512 BF16 or AMX\); this one \(.*\) has none: "
-                                                r"use --dtype float32$"):
+    none = r"^--dtype bfloat16 needs a CPU with native bfloat16 \(AVX-512 BF16 or AMX\); this one " \
+           r"\(.*\) has none: use --dtype float32$"
+    with pytest.raises(featx.ConfigError, match=none):
         prepare(tiny_net, "auto", CPU, batch_size=4, dtype="bfloat16")
+    with pytest.raises(featx.ConfigError, match=none):  # before any folder is scanned
+        featx.extract(tmp_path / "not-scanned", dtype="bfloat16", **fast())
     for execution in ("onnxruntime", "fold"):
         with pytest.raises(featx.ConfigError, match=rf"^--dtype bfloat16 runs on OpenVINO on a CPU, "
                                                     rf"not {execution}"):

@@ -117,15 +117,17 @@ def installed() -> list[str]:
 
 
 def check_dtype(execution: str, dtype: str) -> None:
-    """Refuse, in one line, a precision the runtime or this CPU cannot compute natively."""
+    """Refuse, in one line, a precision that ``execution`` or this CPU cannot compute natively."""
     if dtype != "bfloat16":
         return
-    if execution != "openvino":
+    if execution not in ("auto", "openvino"):
         raise ConfigError(f"--dtype bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
                           f"--execution or pass --execution openvino")
     if not cpu.has_native_bf16():
         raise ConfigError(f"--dtype bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
                           f"AMX); this one ({cpu.describe()}) has none: use --dtype float32")
+    if "openvino" not in installed():
+        raise ConfigError("--dtype bfloat16 on a CPU runs on OpenVINO: pip install openvino")
 
 
 class Exported:

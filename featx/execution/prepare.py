@@ -56,7 +56,7 @@ class Race:
     A turn is timed from its call to the next one: its forward pass and then the wait for the
     next batch, so a runtime that keeps the decoding workers off the cores pays for it. (Timed
     alone, OpenVINO and ONNX Runtime ran Lite0 equally fast on the AVX2 machine; in extraction
-    OpenVINO's turns were 15 % slower.)"""
+    OpenVINO's turns were 5-25 % slower.)"""
 
     def __init__(self, runners: list[Exported], chosen: Callable[[str, dict[str, float]], None]):
         self.runners, self.chosen = runners, chosen
@@ -132,10 +132,9 @@ def _torch(model: FeatureExtractor, execution: str, device: torch.device, batch_
 def _exported(model: FeatureExtractor, execution: str, dtype: str, batch_size: int) -> Runner:
     if execution != "auto":
         return Exported(model, execution, dtype)
+    check_dtype(execution, dtype)
     candidates = ["openvino"] if dtype == "bfloat16" else exported.installed()
     if not candidates:
-        if dtype == "bfloat16":
-            raise ConfigError("--dtype bfloat16 on a CPU runs on OpenVINO: pip install openvino")
         raise Refused("neither ONNX Runtime nor OpenVINO is installed (pip install onnxruntime)")
     graph = export(model)
     key = f"{cpu.describe()}; {computed_in(dtype)}; batch {batch_size}"
