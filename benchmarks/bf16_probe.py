@@ -67,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for data in args.data:
             ref = featx.extract(data, args.backbone, out=Path(tmp) / f"{data.name}-32.h5",
-                                runtime=featx.Runtime(progress=False))
+                                dtype="float32", runtime=featx.Runtime(progress=False))
             low = featx.extract(data, bf16_backbone, out=Path(tmp) / f"{data.name}-16.h5",
                                 dtype="bfloat16" if native else None, runtime=runtime)
             a, b = featx.open_cache(ref.path), featx.open_cache(low.path)

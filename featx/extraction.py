@@ -12,7 +12,7 @@ from .backbones.spec import check_pool
 from .cache.format import default_path
 from .data.folders import scan
 from .errors import ConfigError
-from .execution.exported import check_dtype
+from .execution.exported import check
 from .identity import DTYPES
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -41,8 +41,7 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     check_pool(get_backbone(backbone), pool)
     device = runtime.torch_device()
     dtype = dtype or default_dtype(device)
-    if device.type == "cpu":
-        check_dtype(runtime.execution, dtype)
+    check(runtime.execution, dtype, device.type)
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \

@@ -16,7 +16,8 @@ RANDOM_INIT = "random-init"  # the weights_sha256 of a seeded random initialisat
 # with caches of any. float32: computed and stored in float32; every execution whose features
 # agree with eager torch's to ``execution.fold.TOLERANCE`` (1e-4, relative) shares it. float16:
 # stored in float16 (on a GPU also computed in it), so to float16's rounding. bfloat16: computed
-# in bfloat16 (OpenVINO on a CPU that has it natively, autocast on a GPU), ~1e-2 from float32.
+# in bfloat16 (OpenVINO on a CPU that has it natively, autocast on a GPU), 1e-2 or more from
+# float32 relative to the largest feature.
 DTYPES = ("float32", "float16", "bfloat16")
 
 

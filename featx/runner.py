@@ -35,7 +35,7 @@ from .data.folders import Dataset
 from .data.readers import ImageReader, collate
 from .errors import CacheError
 from .execution.prepare import prepare
-from .runtime import Runtime, autocast_for
+from .runtime import Runtime, autocast_for, default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, run
 
 
 def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, desc: str = "extract",
-                dtype: str = "float32") -> Iterator[BatchOutput]:
+                dtype: str | None = None) -> Iterator[BatchOutput]:
     """Features of every readable image in ``dataset``, in order, one batch at a time, computed
-    to ``dtype``'s precision (``identity.DTYPES``).
+    to ``dtype``'s precision (``identity.DTYPES``; None: the device's default, as fine-tuning
+    trains).
 
     ``runtime.execution`` is how the model runs (``featx.execution``); ``model`` itself is not
     changed, so a model being fine-tuned keeps its own BatchNorm layers. ``runtime.decode``: where
@@ -80,11 +81,12 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     the model).
     """
     device = runtime.torch_device()
+    dtype = dtype or default_dtype(device)
     on_device = runtime.decode_on(device) == "device"
     loader = _loader(model, dataset, device, runtime, on_device)
     batches = iter(loader)  # the workers start decoding while the model is being prepared
     runner = prepare(model, runtime.execution, device, loader.batch_size, dtype)
-    bar = tqdm(total=len(loader.dataset), unit="img", desc=f"{desc} ({runner.execution})",
+    bar = tqdm(total=len(loader.dataset), unit="img", desc=desc,
                disable=not runtime.progress, dynamic_ncols=True)
     skipped = 0
     with bar, torch.inference_mode(), autocast_for(device, dtype):

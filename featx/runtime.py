@@ -97,14 +97,16 @@ def default_dtype(device: torch.device) -> str:
 
 def autocast_for(device: torch.device, dtype: str | None = None) -> contextlib.AbstractContextManager:
     """Torch's precision for features of ``dtype`` on ``device`` (None: ``default_dtype``, as
-    fine-tuning trains). On a GPU, bfloat16 and float16 are autocast and float32 is float32
-    throughout, TF32 convolutions included; a CPU computes in float32 (its bfloat16 runs on
-    OpenVINO, ``featx.execution``)."""
+    fine-tuning trains). On a GPU, bfloat16 and float16 are autocast, and float32 is float32
+    throughout: no TF32, whose 10-bit products would move features by ~1e-3, in convolutions
+    either. A CPU computes in float32 (its bfloat16 runs on OpenVINO, ``featx.execution``)."""
     import torch
 
     if device.type != "cuda":
         return contextlib.nullcontext()
     dtype = dtype or default_dtype(device)
     if dtype == "float32":
-        return torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False)
+        cudnn = torch.backends.cudnn
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                           deterministic=cudnn.deterministic, allow_tf32=False)
     return torch.autocast("cuda", dtype=getattr(torch, dtype))

@@ -65,7 +65,16 @@ def export(model: FeatureExtractor) -> Path:
     path = graph_path(model)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_graph(model, path)
+    except OSError as e:  # a read-only or full TORCH_HOME: torch still runs the model
+        raise Refused(f"cannot write {e.filename or path} ({e.strerror or e}): set TORCH_HOME to a "
+                      f"folder featx may write, to export {model.spec.name}") from e
+    return path
+
+
+def _write_graph(model: FeatureExtractor, path: Path) -> None:
     log.info("%s: exporting the frozen base to ONNX, once for these weights, to %s",
              model.spec.name, path)
     # A temporary name of this process's own, so two runs exporting at once never share one.
@@ -78,9 +87,11 @@ def export(model: FeatureExtractor) -> Path:
                               input_names=["images"], output_names=["features"], external_data=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         except Exception as e:  # whatever the exporter cannot trace, the model still runs in torch
-            raise Refused(f"{model.spec.name} cannot be exported to ONNX "
-                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
-    return path
+            raise Refused(f"{model.spec.name} cannot be exported to ONNX ({_first_line(e)})") from e
+
+
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
 def _onnxruntime(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -116,9 +127,13 @@ def installed() -> list[str]:
     return [name for name, module in RUNTIMES.items() if importlib.util.find_spec(module)]
 
 
-def check_dtype(execution: str, dtype: str) -> None:
-    """Refuse, in one line, a precision that ``execution`` or this CPU cannot compute natively."""
-    if dtype != "bfloat16":
+def check(execution: str, dtype: str, device: str = "cpu") -> None:
+    """Refuse, in one line, what cannot run on ``device`` (a type: cpu, cuda): a runtime on a GPU,
+    or a precision that ``execution`` or this CPU cannot compute natively."""
+    if execution in RUNTIMES and device != "cpu":
+        raise ConfigError(f"--execution {execution} runs on a CPU: on {device} leave out "
+                          f"--execution, or pass --device cpu")
+    if dtype != "bfloat16" or device != "cpu":
         return
     if execution not in ("auto", "openvino"):
         raise ConfigError(f"--dtype bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
@@ -139,14 +154,17 @@ class Exported:
         if execution not in installed():
             raise ConfigError(f"--execution {execution} needs the {RUNTIMES[execution]} package: "
                               f"pip install {RUNTIMES[execution]}")
-        check_dtype(execution, dtype)
+        check(execution, dtype)
         self.execution, precision = execution, computed_in(dtype)
         path = export(model)
-        self.session = SESSIONS[execution](path, precision, torch.get_num_threads())
         probe = probe_batch(model)
+        try:
+            self.session = SESSIONS[execution](path, precision, torch.get_num_threads())
+            got = self(probe).numpy()
+        except Exception as e:  # an operator or graph this runtime's version cannot run
+            raise Refused(f"{model.spec.name} does not run on {execution} ({_first_line(e)})") from e
         with torch.inference_mode():
             want = model(probe).numpy()
-        got = self(probe).numpy()
         self.difference = float(np.abs(want - got).max() / max(np.abs(want).max(), 1e-12))
         record(path, f"{execution}/{precision}", self.difference)
         if self.difference > TOLERANCES[precision]:
@@ -172,8 +190,14 @@ def read_notes(graph: Path) -> dict:
 
 
 def record(graph: Path, key: str, value, section: str = "differences") -> None:
+    """Note ``value`` beside the graph. Notes only save work: one that cannot be written, or that
+    a run writing at the same moment replaces, costs a race again, never a run."""
     notes = read_notes(graph)
     notes.setdefault(section, {})[key] = value
     path = notes_path(graph)
-    with durable_write(path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp:
-        tmp.write_text(json.dumps(notes, indent=1, sort_keys=True))
+    try:
+        with durable_write(path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp:
+            tmp.write_text(json.dumps(notes, indent=1, sort_keys=True))
+    except OSError as e:
+        log.warning("cannot write %s (%s): what it would note is measured again next time",
+                    path, e.strerror or e)

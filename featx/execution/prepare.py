@@ -20,7 +20,7 @@ from ..backbones.extractor import FeatureExtractor
 from ..errors import ConfigError
 from . import cpu, exported
 from .compiled import compiled
-from .exported import RUNTIMES, Exported, Refused, check_dtype, computed_in, export
+from .exported import RUNTIMES, Exported, Refused, check, computed_in, export
 from .fold import TOLERANCE, fold_batchnorm, probe_batch
 
 log = logging.getLogger(__name__)
@@ -51,21 +51,20 @@ class TorchRunner:
 
 class Race:
     """The runtimes taking turns on a run's first batches, then the fastest alone; ``chosen`` is
-    called with its name and every runtime's rate once that is known.
+    called with its name and every runtime's rate once that is known. ``execution``: the
+    runtime that ran the latest batch.
 
     A turn is timed from its call to the next one: its forward pass and then the wait for the
     next batch, so a runtime that keeps the decoding workers off the cores pays for it. (Timed
     alone, OpenVINO and ONNX Runtime ran Lite0 equally fast on the AVX2 machine; in extraction
-    OpenVINO's turns were 5-25 % slower.)"""
+    OpenVINO's turns were 5-25 % slower.) A run too short to decide leaves the choice to the next.
+    """
 
     def __init__(self, runners: list[Exported], chosen: Callable[[str, dict[str, float]], None]):
         self.runners, self.chosen = runners, chosen
         self.seconds: dict[str, list[float]] = {r.execution: [] for r in runners}
         self.turns, self.last = 0, None  # last: (runner, when it was called, its batch size)
-
-    @property
-    def execution(self) -> str:
-        return "+".join(r.execution for r in self.runners)
+        self.execution = runners[0].execution
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         now = time.perf_counter()
@@ -75,7 +74,7 @@ class Race:
             self._decide()
         runner = self.runners[self.turns % len(self.runners)]
         self.turns += 1
-        self.last = runner, now, len(images)
+        self.last, self.execution = (runner, now, len(images)), runner.execution
         return runner(images)
 
     def _decide(self) -> None:
@@ -92,10 +91,9 @@ def prepare(model: FeatureExtractor, execution: str, device: torch.device, batch
             dtype: str = "float32") -> Runner:
     """What runs ``model``'s features on ``device`` for ``execution``; ``model`` itself is left
     as it is. A runtime refused (an export that fails, features off by more than the tolerance)
-    is said in one line, and the fold runs instead."""
-    if execution in RUNTIMES and device.type != "cpu":
-        raise ConfigError(f"--execution {execution} runs on a CPU: on {device.type} leave out "
-                          f"--execution, or pass --device cpu")
+    is said in one line, and the fold runs instead; for bfloat16, which torch cannot run fast on
+    a CPU, that line is the error."""
+    check(execution, dtype, device.type)
     if device.type == "cpu" and execution in ("auto", *RUNTIMES):
         try:
             return _exported(model, execution, dtype, batch_size)
@@ -103,8 +101,6 @@ def prepare(model: FeatureExtractor, execution: str, device: torch.device, batch
             if dtype == "bfloat16":  # torch on a CPU has no fast bfloat16 to fall back to
                 raise ConfigError(str(e)) from e
             log.warning("%s: running it in torch instead", e)
-    elif device.type == "cpu":
-        check_dtype(execution, dtype)
     return _torch(model, "fold" if execution in ("auto", *RUNTIMES) else execution, device,
                   batch_size)
 
@@ -132,7 +128,6 @@ def _torch(model: FeatureExtractor, execution: str, device: torch.device, batch_
 def _exported(model: FeatureExtractor, execution: str, dtype: str, batch_size: int) -> Runner:
     if execution != "auto":
         return Exported(model, execution, dtype)
-    check_dtype(execution, dtype)
     candidates = ["openvino"] if dtype == "bfloat16" else exported.installed()
     if not candidates:
         raise Refused("neither ONNX Runtime nor OpenVINO is installed (pip install onnxruntime)")
