@@ -76,10 +76,10 @@ def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = 
         execution = _default(Runtime, "execution")
         p.add_argument("--execution", default=execution, choices=EXECUTIONS,
                        help=f"how the frozen base runs (default {execution}: on a CPU the exported "
-                            f"graph on whichever of onnxruntime and openvino is fastest here, timed "
-                            f"once; on a GPU fold: torch with BatchNorm folded into the convolutions; "
-                            f"eager: torch as it is; compile: torch.compile, a minute or more of "
-                            f"compiling)")
+                            f"graph on whichever of onnxruntime and openvino extracts fastest here, "
+                            f"raced once on the first batches; on a GPU fold: torch with BatchNorm "
+                            f"folded into the convolutions; eager: torch as it is; compile: "
+                            f"torch.compile, a minute or more of compiling)")
         p.add_argument("--decode", default=_default(Runtime, "decode"), choices=DECODES,
                        help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
                             "default auto: device on a GPU")
