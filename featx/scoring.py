@@ -20,6 +20,7 @@ from .bundle import Bundle, backbone_for, load_bundle
 from .cache.format import default_path
 from .cache.reader import open_cache
 from .data.folders import Dataset, scan_unlabelled
+from .execution.exported import check
 from .plots import confusion_matrix_png
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -62,7 +63,10 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     """
     start = time.perf_counter()
     runtime = runtime or Runtime()
-    dtype = default_dtype(runtime.torch_device())  # a missing device fails before any scan
+    # A missing device, or what cannot run on it, fails before any scan or model load.
+    device = runtime.torch_device()
+    dtype = default_dtype(device)
+    check(runtime.execution, dtype, device.type)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)

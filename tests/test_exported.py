@@ -161,6 +161,13 @@ def test_a_torch_home_featx_cannot_write_is_one_line_and_torch_runs(tiny_net, tm
         "running it in torch instead")
 
 
+def test_a_runtime_not_installed_is_one_line_before_any_scan(monkeypatch, tmp_path):
+    monkeypatch.setattr(exported, "installed", lambda: ["onnxruntime"])
+    with pytest.raises(featx.ConfigError, match=r"^--execution openvino needs the openvino package: "
+                                                r"pip install openvino$"):
+        featx.extract(tmp_path / "not-scanned", **fast(execution="openvino"))
+
+
 def test_the_runtimes_are_refused_on_a_gpu(tiny_net):
     with pytest.raises(featx.ConfigError, match=r"^--execution openvino runs on a CPU: on cuda leave "
                                                 r"out --execution, or pass --device cpu$"):

@@ -31,7 +31,7 @@ from .fold import TOLERANCE, probe_batch
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # execution -> module
+RUNTIMES = ("onnxruntime", "openvino")  # each the --execution and the package that runs it
 # The opset both runtimes' current releases implement in full; part of the graph's key.
 OPSET = 18
 # Largest relative difference from eager float32 features each precision may show. bfloat16
@@ -124,15 +124,18 @@ def installed() -> list[str]:
     """The exported-graph runtimes this environment has, in ``RUNTIMES``'s order."""
     import importlib.util
 
-    return [name for name, module in RUNTIMES.items() if importlib.util.find_spec(module)]
+    return [name for name in RUNTIMES if importlib.util.find_spec(name)]
 
 
 def check(execution: str, dtype: str, device: str = "cpu") -> None:
-    """Refuse, in one line, what cannot run on ``device`` (a type: cpu, cuda): a runtime on a GPU,
-    or a precision that ``execution`` or this CPU cannot compute natively."""
+    """Refuse, in one line, what cannot run on ``device`` (a type: cpu, cuda): a runtime on a GPU
+    or not installed, or a precision that ``execution`` or this CPU cannot compute natively."""
     if execution in RUNTIMES and device != "cpu":
         raise ConfigError(f"--execution {execution} runs on a CPU: on {device} leave out "
                           f"--execution, or pass --device cpu")
+    if execution in RUNTIMES and execution not in installed():
+        raise ConfigError(f"--execution {execution} needs the {execution} package: "
+                          f"pip install {execution}")
     if dtype != "bfloat16" or device != "cpu":
         return
     if execution not in ("auto", "openvino"):
@@ -147,14 +150,11 @@ def check(execution: str, dtype: str, device: str = "cpu") -> None:
 
 class Exported:
     """``model``'s exported graph in the runtime ``execution``: uint8 images in, features out,
-    like the model itself. ``difference``: the largest relative difference of its features from
-    eager ones on ``probe_batch``; raises ``Refused`` above the dtype's tolerance."""
+    like the model itself, for what ``check`` lets through. ``difference``: the largest relative
+    difference of its features from eager ones on ``probe_batch``; raises ``Refused`` above the
+    dtype's tolerance."""
 
     def __init__(self, model: FeatureExtractor, execution: str, dtype: str = "float32"):
-        if execution not in installed():
-            raise ConfigError(f"--execution {execution} needs the {RUNTIMES[execution]} package: "
-                              f"pip install {RUNTIMES[execution]}")
-        check(execution, dtype)
         self.execution, precision = execution, computed_in(dtype)
         path = export(model)
         probe = probe_batch(model)
