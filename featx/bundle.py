@@ -1,11 +1,17 @@
 """The model bundle: a folder holding everything needed to classify raw images later, and the
 backbone it needs, refused if its features would differ.
 
-    bundle.json    backbone identity (name, weights sha256, preprocessing, pooling), class names,
-                   the head's kind and parameters, metrics, provenance
-    head.joblib    a scikit-learn head, or
-    head.pt        a torch head's tensors (loaded with weights_only=True)
-    *.png          plots written beside it (confusion matrix)
+    bundle.json           backbone identity (name, weights sha256, preprocessing, pooling), class
+                          names, the head's kind, metrics, provenance, and every other file of the
+                          folder with its size and sha256
+    head.safetensors      the head: its parameters and the arrays it learned (``heads.storage``)
+    backbone.safetensors  a fine-tuned bundle's backbone
+    *.png, history.*      pictures and the fine-tune's history, beside it
+
+A bundle is what people hand to each other, so loading one reads data and never runs code:
+JSON and safetensors only, every file checked against the size and sha256 bundle.json lists, the
+head rebuilt by featx from its arrays. A bundle is written whole (``files.folder_write``): a
+crash or a full disk leaves the old one, or none, never half of each.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +28,18 @@ from sklearn.base import BaseEstimator
 
 from .backbones.extractor import FeatureExtractor, load_backbone
 from .errors import BundleError, WeightsUnavailableError
-from .files import durable_write
+from .files import durable_write, folder_write, sha256_file
 from .heads.storage import load_head, save_head
 from .identity import RANDOM_INIT, FeatureIdentity
 from .version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every file listed and checked, the head as safetensors; 1: head.joblib
+BUNDLE_FILE = "bundle.json"
+# Provenance entries of ``info`` that are paths: kept relative to the bundle folder in the file,
+# so that a bundle handed on names no one's home folder, and absolute in memory.
+_PATHS = ("cache", "finetuned_from", "data")
+_KNOWN = ("format_version", "featx_version", "created", "backbone", "classes", "head", "metrics",
+          "files")
 
 
 @dataclass
@@ -38,6 +51,7 @@ class Bundle:
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     path: Path | None = None
+    files: dict = field(default_factory=dict)  # name -> {size, sha256}: what bundle.json lists
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probabilities with one column per entry of ``classes``, in that order."""
@@ -46,56 +60,161 @@ class Bundle:
         # float32 heads' rows sum to one only to float32 precision; metrics check at float64's.
         return proba / proba.sum(1, keepdims=True)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, extra: Callable[[Path], object] | None = None,
+             own: tuple[str, ...] = ()) -> Path:
+        """Write the bundle whole to the folder ``path``, replacing a bundle there, or a folder
+        holding only the names ``own`` (a fine-tune's own files as it runs).
+
+        ``extra(folder)`` first writes further files into the new folder (pictures, a fine-tuned
+        backbone); it may still change this bundle, as bundle.json is written last.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        head_meta = save_head(self.head, path)
-        doc = dict(format_version=FORMAT_VERSION, featx_version=__version__,
-                   created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   backbone=self.identity.to_dict(), classes=self.classes,
-                   head=dict(model=self.model, **head_meta), metrics=self.metrics, **self.info)
-        with durable_write(path / "bundle.json") as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, default=float))
+        check_out(path, own)
+        try:
+            with folder_write(path) as folder:
+                if extra is not None:
+                    extra(folder)
+                head_file = save_head(self.head, self.model, folder)
+                self.files = {f.name: dict(size=f.stat().st_size, sha256=sha256_file(f))
+                              for f in sorted(folder.iterdir())}
+                doc = dict(format_version=FORMAT_VERSION, featx_version=__version__,
+                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           backbone=self.identity.to_dict(), classes=self.classes,
+                           head=dict(model=self.model, file=head_file), metrics=self.metrics,
+                           **_relative(self.info, path), files=self.files)
+                with durable_write(folder / BUNDLE_FILE) as tmp:
+                    tmp.write_text(json.dumps(doc, indent=2, default=float))
+        except OSError as e:
+            raise BundleError(f"cannot write the bundle {path} ({e.strerror or e}): make room, or "
+                              f"choose another --out; {path} is as it was") from e
         self.path = path
         return path
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
-    path = Path(path)
-    meta_file = path / "bundle.json"
+def check_out(path: Path, own: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, a bundle folder that would replace something not a bundle:
+    a file, or a folder without bundle.json holding other names than ``own``."""
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"{path} is a file, and a bundle is a folder: choose another --out")
+    if path.is_dir() and not (path / BUNDLE_FILE).is_file() and \
+            any(p.name not in own for p in path.iterdir()):
+        raise BundleError(f"{path} is a folder that is not a featx bundle, and writing one there "
+                          f"would replace it: choose another --out")
+
+
+def _relative(info: dict, folder: Path) -> dict:
+    return {k: os.path.relpath(v, folder.absolute()) if k in _PATHS and v else v
+            for k, v in info.items()}
+
+
+def _absolute(info: dict, folder: Path) -> dict:
+    return {k: os.path.normpath(folder.absolute() / v) if k in _PATHS and isinstance(v, str) and v
+            else v for k, v in info.items()}
+
+
+def _plain_name(name) -> bool:
+    return isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")
+
+
+def _check_files(path: Path, files) -> None:
+    """Every file bundle.json lists is there, of its size and sha256."""
+    if not isinstance(files, dict) or not all(_plain_name(n) and isinstance(e, dict)
+                                              for n, e in files.items()):
+        raise BundleError(f"{path / BUNDLE_FILE}: its list of files is damaged: get the bundle "
+                          f"again, or fit the head again")
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            problem = "missing"
+        elif file.stat().st_size != entry.get("size"):
+            problem = f"{file.stat().st_size} bytes, not the {entry.get('size')} listed"
+        elif sha256_file(file) != entry.get("sha256"):
+            problem = "its sha256 is not the one listed: it was changed or swapped"
+        else:
+            continue
+        raise BundleError(f"{file}: {problem} in bundle.json; the bundle was changed or damaged "
+                          f"since it was written: get it again, or fit the head again")
+
+
+def _read_doc(path: Path) -> dict:
+    meta_file = path / BUNDLE_FILE
     if not meta_file.is_file():
-        raise BundleError(f"{path} is not a featx model bundle (no bundle.json): give the folder "
+        raise BundleError(f"{path} is not a featx model bundle (no {BUNDLE_FILE}): give the folder "
                           f"that `featx fit-head` printed")
     try:
         doc = json.loads(meta_file.read_text())
     except (OSError, ValueError) as e:
         raise BundleError(f"cannot read {meta_file} ({e}): fit the head again") from e
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{meta_file} has bundle format {doc.get('format_version')}, this "
-                          f"featx reads {FORMAT_VERSION}: fit the head again")
+    if not isinstance(doc, dict):
+        raise BundleError(f"{meta_file} is not a featx bundle.json (not a JSON object): fit the "
+                          f"head again")
+    version = doc.get("format_version")
+    if version == 1 or (version is None and (path / "head.joblib").exists()):
+        cache = doc.get("cache", "CACHE.h5")
+        model = (doc.get("head") or {}).get("model", "logistic")
+        raise BundleError(
+            f"{path} is a bundle of an older featx whose head is a pickle, which can run any code "
+            f"when loaded, so featx no longer reads it: fit the head again (seconds, from the "
+            f"cached features): featx fit-head {cache} --model {model} --out {path}")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{meta_file} has bundle format {version}, this featx reads "
+                          f"{FORMAT_VERSION}: fit the head again")
+    missing = [k for k in ("backbone", "classes", "head", "files") if k not in doc]
+    if missing:
+        raise BundleError(f"{meta_file} has no {', '.join(missing)}: it is damaged: fit the head "
+                          f"again")
+    return doc
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """The bundle in folder ``path``; every file is checked, and a damaged, edited or older
+    (pickled) one is refused with one line naming it."""
+    path = Path(path)
+    doc = _read_doc(path)
+    meta_file = path / BUNDLE_FILE
+    _check_files(path, doc["files"])
     try:
-        head = load_head(path, doc["head"])
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise BundleError(f"cannot read the head in {path} ({type(e).__name__}: {e}): fit the "
-                          f"head again") from e
-    info = {k: v for k, v in doc.items() if k not in
-            ("format_version", "featx_version", "created", "backbone", "classes", "head", "metrics")}
-    return Bundle(identity=FeatureIdentity.from_dict(doc["backbone"]), classes=doc["classes"], head=head,
-                  model=doc["head"]["model"], metrics=doc.get("metrics", {}), info=info, path=path)
+        identity = FeatureIdentity.from_dict(doc["backbone"])
+        classes, model, head_file = list(doc["classes"]), doc["head"]["model"], doc["head"]["file"]
+        if not classes or not all(isinstance(c, str) for c in classes):
+            raise ValueError("classes is not a list of names")
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{meta_file} is damaged ({type(e).__name__}: {e}): fit the head "
+                          f"again") from e
+    if head_file not in doc["files"]:
+        raise BundleError(f"{meta_file} names a head file {head_file!r} it does not list: fit "
+                          f"the head again")
+    try:
+        head = load_head(path / head_file, model)
+        _check_head(head, identity, classes)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise BundleError(f"cannot use the head in {path / head_file} ({type(e).__name__}: {e}): "
+                          f"fit the head again") from e
+    info = _absolute({k: v for k, v in doc.items() if k not in _KNOWN}, path)
+    return Bundle(identity=identity, classes=classes, head=head, model=model,
+                  metrics=doc.get("metrics", {}), info=info, path=path, files=doc["files"])
+
+
+def _check_head(head: BaseEstimator, identity: FeatureIdentity, classes: list[str]) -> None:
+    """The head takes the identity's features and answers with the bundle's classes."""
+    known = np.asarray(head.classes_)
+    if known.dtype.kind not in "iu" or known.min() < 0 or known.max() >= len(classes):
+        raise ValueError(f"its classes {known.tolist()} are not numbers of the {len(classes)} "
+                         f"classes in bundle.json")
+    proba = head.predict_proba(np.zeros((1, identity.feature_dim), np.float32))
+    if proba.shape != (1, len(known)):
+        raise ValueError(f"it gives {proba.shape[1]} probabilities for {len(known)} classes")
 
 
 def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> FeatureExtractor:
     """The backbone a bundle's head was fitted on, refusing one whose features would differ."""
     ident = bundle.identity
-    # A fine-tuned bundle names its own backbone file, relative to the bundle folder; other
-    # bundles name the file their cache was extracted with, as it was given.
-    stored = ident.weights_path
-    known = next((p for p in ([Path(bundle.path or ".") / stored, Path(stored)] if stored else [])
-                  if p.is_file()), None)
+    # A fine-tuned bundle holds its backbone, listed and checked like its other files; the others
+    # need the weights their cache was extracted with: the backbone's own, or ``weights``.
     if weights is None and ident.weights_sha256 == RANDOM_INIT:
         weights = "none"
-    elif weights is None and known is not None:
-        weights = known
+    elif weights is None and bundle.path is not None and ident.weights_file in bundle.files:
+        weights = bundle.path / ident.weights_file
     try:
         model = load_backbone(ident.backbone, weights, ident.pool)
     except WeightsUnavailableError as e:
@@ -104,7 +223,8 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
     now = model.identity()
     key = ident.mismatch(now)
     if key is not None:
-        fix = ("pass --weights with the file the bundle was made with" if key == "weights_sha256"
+        fix = (f"pass --weights with the file the bundle was made with "
+               f"({ident.weights_file or 'its name is not recorded'})" if key == "weights_sha256"
                else "extract the training data again and fit a new head")
         raise BundleError(f"the bundle {bundle.path} was fitted on features with {key}="
                           f"{getattr(ident, key)}, but the backbone loaded now has {key}="

@@ -28,3 +28,10 @@ class BundleError(FeatxError, ValueError):
 
 class ConfigError(FeatxError, ValueError):
     """An option has a value featx cannot use."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: its type and the first line of its message (torch's
+    and h5py's run to many lines)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__

@@ -46,6 +46,9 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     model = load_backbone(backbone, weights, pool)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \
         default_path(dataset.root, model.identity(), dtype, out or "cache")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder: give a .h5 file's path, or a folder whose "
+                          f"name does not end in .h5")
     log.info("%s: %d images, %d classes, splits %s", dataset.root, len(dataset.samples),
              len(dataset.classes), dataset.split_counts())
     return update_cache(path, dataset, model, dtype, runtime, force, desc=f"extract {backbone}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +45,50 @@ def durable_write(path: Path, tmp: Path | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def folder_write(path: Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` to fill; once filled, its files are synced
+    and it takes ``path``'s place in one step (an old folder there is then removed), so that
+    ``path`` holds either the old folder or the new one whole, never a mix.
+
+    An exception, or a crash, leaves ``path`` as it was.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            fsync(f)
+        fsync(tmp)
+        if path.is_dir():
+            _exchange(tmp, path)  # the old folder is now at tmp, removed below
+        else:
+            os.rename(tmp, path)
+        fsync(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders' names atomically (Linux's renameat2 RENAME_EXCHANGE); where that is not
+    available, in two renames, between which a crash leaves ``b``'s old folder at ``a``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(b))
+    except AttributeError:  # no renameat2 in this C library
+        pass
+    old = a.with_name(a.name + ".old")
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)
 
 
 def size_text(n: int) -> str:

@@ -29,8 +29,9 @@ def storage_dtype(dtype: str) -> str:
 
 @dataclass(frozen=True)
 class FeatureIdentity:
-    """What makes features what they are. ``weights_path`` says where the weights were found,
-    not what they are, so it is kept but never compared."""
+    """What makes features what they are. ``weights_file`` is the name of the file the weights
+    were read from, which says nothing of what they are, so it is kept but never compared; a
+    name, not a path, as a path would not hold on another machine, and names someone's folders."""
 
     backbone: str
     weights_sha256: str
@@ -38,7 +39,7 @@ class FeatureIdentity:
     feature_dim: int
     input_size: int
     preprocessing: dict  # ``Preprocessing.to_dict()``, as JSON gives it back (lists, not tuples)
-    weights_path: str = field(default="", compare=False)
+    weights_file: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Tuples become lists, as they will be when read back from a cache or bundle.

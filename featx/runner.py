@@ -25,22 +25,23 @@ from tqdm.auto import tqdm
 
 from .backbones.extractor import FeatureExtractor
 from .cache import reuse
-from .cache.format import Contents
-from .cache.lock import locked
+from .cache.format import Contents, data_id
+from .cache.lock import forget_inherited, locked
 from .cache.partial import Partial
 from .cache.reader import previous
 from .cache.writer import write
 from .data.device_decode import RawReader, collate_encoded, decode_batch
 from .data.folders import Dataset
 from .data.readers import ImageReader, collate
-from .errors import CacheError
+from .errors import CacheError, first_line
 from .execution.prepare import prepare
 from .runtime import Runtime, autocast_for, default_dtype
 
 log = logging.getLogger(__name__)
 
 
-def _lower_priority(_worker_id: int) -> None:
+def _start_worker(_worker_id: int) -> None:
+    forget_inherited()
     # Decoding needs a small share of the CPU that the model's threads keep busy. At normal
     # priority a worker pre-empts one of them, and the rest wait for it at the next barrier; at
     # the lowest priority workers mostly run in the gaps and fill the prefetch queue. (SCHED_IDLE
@@ -66,7 +67,7 @@ def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, run
     return torch.utils.data.DataLoader(
         reader, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
         collate_fn=collate_encoded if on_device else collate,
-        prefetch_factor=4 if workers else None, worker_init_fn=_lower_priority)
+        prefetch_factor=4 if workers else None, worker_init_fn=_start_worker)
 
 
 def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, desc: str = "extract",
@@ -142,7 +143,7 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
     start = time.perf_counter()
     identity = model.identity()
     with locked(path), contextlib.ExitStack() as stack:
-        old = None if force else previous(path, identity, dtype)
+        old = None if force else previous(path, identity, dtype, data_id(dataset.root))
         if old is not None:
             stack.callback(old.close)
         store = Partial(path, identity.key(dtype), dtype, fresh=force)
@@ -162,16 +163,18 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
                 write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
                       tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=execution or "none",
                       decode=runtime.decode_on(device), seconds=time.perf_counter() - start,
-                      data_root=str(dataset.root.resolve()))
-            except OSError as e:
+                      data=dataset.root.resolve().name,
+                      data_id=data_id(dataset.root))
+            except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
                 raise _write_error(e, store) from e
         store.remove()
     result.seconds = 0.0 if result.up_to_date else time.perf_counter() - start
     return result
 
 
-def _write_error(e: OSError, store: Partial) -> CacheError:
-    return CacheError(f"cannot write {e.filename or store.dir} ({e.strerror or e}): make room or fix "
+def _write_error(e: OSError | RuntimeError, store: Partial) -> CacheError:
+    what = (e.strerror or e) if isinstance(e, OSError) else first_line(e)
+    return CacheError(f"cannot write {getattr(e, 'filename', None) or store.dir} ({what}): make room or fix "
                       f"the folder, then run the same command again; the {store.n_rows} images "
                       f"extracted so far are kept in {store.dir}")
 

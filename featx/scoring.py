@@ -8,6 +8,7 @@ seen.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from .bundle import Bundle, backbone_for, load_bundle
 from .cache.format import default_path
 from .cache.reader import open_cache
 from .data.folders import Dataset, scan_unlabelled
+from .errors import ConfigError
 from .execution.exported import check
+from .files import durable_write
 from .plots import confusion_matrix_png
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -71,13 +74,21 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
-    csv_path = Path(out) if out else scores / f"{folder.resolve().name}-{Path(b.path or 'bundle').name}.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(out) if out else scores / _csv_name(folder, b)
+    _check_csv_path(csv_path)
     extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
                              dataset, model, dtype, runtime, desc="score")
-    fc = open_cache(extracted.path, identity=b.identity)
-    rows = dict(zip(fc.paths, b.predict_proba(fc.features), strict=True))
-    truth, guess, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))
+    fc = open_cache(extracted.path, identity=b.identity, in_memory=False)
+    proba = np.zeros((len(fc.paths), len(b.classes)))
+    for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads
+        proba[rows] = b.predict_proba(features)
+    rows = dict(zip(fc.paths, proba, strict=True))
+    try:
+        truth, guess, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))
+    except OSError as e:
+        raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another --out; "
+                          f"the features are kept in {extracted.path}, so the next run only "
+                          f"classifies") from e
     result = ScoreResult(csv_path, len(rows), len(fc.failed), time.perf_counter() - start,
                          {c: int(n) for c, n in zip(b.classes, counts, strict=True)},
                          failed=fc.failed, features=extracted)
@@ -90,6 +101,34 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     return result
 
 
+def _csv_name(folder: Path, bundle: Bundle) -> str:
+    """``FOLDER-BUNDLE-HASH.csv``: the hash of both paths keeps ``a/val`` and ``b/val`` apart."""
+    bundle_path = Path(bundle.path or "bundle")
+    key = f"{folder.resolve()}\0{bundle_path.resolve()}".encode("utf-8", "surrogateescape")
+    return f"{folder.resolve().name}-{bundle_path.name}-{hashlib.sha256(key).hexdigest()[:8]}.csv"
+
+
+def _check_csv_path(path: Path) -> None:
+    """Refuse, before any image is read, a CSV path that cannot be written."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the folder for {path} ({e.strerror or e}): choose another "
+                          f"--out") from e
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"cannot write to {path.parent} (no permission): choose another --out")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
                errors: dict[str, str]) -> tuple[list[int], list[int], np.ndarray]:
     """One row per image: its path, the predicted class, its label where its folder names one,
@@ -100,15 +139,16 @@ def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str,
     truth: list[int] = []
     guess: list[int] = []
     # A file name that is not valid UTF-8 is written as its own bytes, as the file system has it.
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with durable_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                          errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["path", "predicted", *(["label"] if labelled else []),
                     *(f"p_{c}" for c in classes), "error"])
         for s in dataset.samples:
             name = s.path.as_posix()
-            label = [classes[s.label] if s.label >= 0 else ""] if labelled else []
+            label = [_cell(classes[s.label]) if s.label >= 0 else ""] if labelled else []
             if name in errors:
-                w.writerow([name, "", *label, *[""] * len(classes), errors[name]])
+                w.writerow([_cell(name), "", *label, *[""] * len(classes), _cell(errors[name])])
                 continue
             p = rows[name]
             k = int(p.argmax())
@@ -116,5 +156,5 @@ def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str,
             if s.label >= 0:
                 truth.append(s.label)
                 guess.append(k)
-            w.writerow([name, classes[k], *label, *(f"{v:.6f}" for v in p), ""])
+            w.writerow([_cell(name), _cell(classes[k]), *label, *(f"{v:.6f}" for v in p), ""])
     return truth, guess, counts

@@ -34,10 +34,11 @@ def whole(tmp_path_factory) -> featx.FeatureCache:
     return featx.open_cache(featx.extract(root, out=root.parent / "whole.h5", **FAST).path)
 
 
-def test_kill_9_mid_run_then_the_same_command_resumes(tmp_path):
+def test_kill_9_mid_run_then_the_same_command_resumes_at_once(tmp_path):
     data = write_folder(tmp_path / "many", {"": 8})
+    # With a decoding worker, which outlives its killed parent by a few seconds.
     cmd = [sys.executable, "-m", "featx", "extract", str(data), "--out", "killed.h5", "--weights",
-           "none", "--workers", "0", "--batch-size", "2", "--no-progress"]
+           "none", "--workers", "1", "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     partial = Path("killed.h5.partial")
     give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
@@ -86,7 +87,7 @@ def _full_disk_writing_the_cache(monkeypatch):
 
 @pytest.mark.parametrize("fill", [_full_disk_on_the_third_shard, _full_disk_writing_the_cache])
 def test_a_full_disk_is_one_clean_error_and_what_was_written_stays_valid(whole, fill):
-    data = Path(whole.attrs["data_root"])
+    data = whole.path.parent / whole.attrs["data"]
     with pytest.MonkeyPatch.context() as disk:
         kept, left = fill(disk)
         with pytest.raises(featx.CacheError) as e:
@@ -102,7 +103,7 @@ def test_a_full_disk_is_one_clean_error_and_what_was_written_stays_valid(whole, 
 
 
 def test_a_damaged_partial_is_found_out_and_only_what_it_lost_is_redone(whole, monkeypatch, caplog):
-    data = Path(whole.attrs["data_root"])
+    data = whole.path.parent / whole.attrs["data"]
     Path("cut.h5.partial").write_bytes(b"an unfinished cache of featx 0.1, one HDF5 file")
     monkeypatch.setattr(partial_mod, "FLUSH_SECONDS", 0)  # a shard per batch
     ctrl_c_after(monkeypatch, batches=3)
@@ -122,7 +123,7 @@ def test_a_damaged_partial_is_found_out_and_only_what_it_lost_is_redone(whole, m
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(whole):
-    data = Path(whole.attrs["data_root"])
+    data = whole.path.parent / whole.attrs["data"]
     refused = pytest.raises(featx.CacheError, match=rf"^busy.h5 is being written by another featx process "
                                                     rf"\(pid {os.getpid()}\): wait for it to finish, or "
                                                     rf"stop it, then run this again$")

@@ -110,7 +110,7 @@ def test_saved_weights_load_back_as_the_same_backbone(tmp_path, name):
     extractor = featx.load_backbone(name, weights="none")
     with torch.no_grad():
         next(blocks(extractor.base)[-1].parameters()).mul_(1.5)
-    w = save_weights(extractor, tmp_path / "backbone.pt")
+    w = save_weights(extractor, tmp_path / "backbone.safetensors")
     again = featx.load_backbone(name, weights=w.path)
     x = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
     assert again.identity().weights_sha256 == w.sha256
@@ -140,14 +140,13 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     assert {m["n"] for m in r.metrics.values()} == {6, 4}  # val, then test once with the best weights
     assert r.unfreeze == "top:2" and r.trainable + r.frozen == sum(
         p.numel() for p in featx.load_backbone(weights="none").parameters()) + 1280 * 2 + 2
-    for name in ["bundle.json", "backbone.pt", "head.pt", "history.csv", "history.json",
-                 "history.png", "confusion_val.png"]:
-        assert (r.bundle / name).is_file(), name
-    assert not (r.bundle / checkpoint.CHECKPOINT).exists()
+    assert sorted(p.name for p in r.bundle.iterdir()) == [
+        "backbone.safetensors", "bundle.json", "confusion_val.png", "head.safetensors",
+        "history.csv", "history.json", "history.png"]  # the checkpoint went with the run's folder
     assert re.search(r"val accuracy: head 1.0000 -> fine-tuned 1.0000 \(best epoch \d", r.summary())
 
     tuned = featx.load_bundle(r.bundle)
-    assert tuned.identity.weights_path == "backbone.pt"
+    assert tuned.identity.weights_file == "backbone.safetensors"
     assert tuned.identity.weights_sha256 != fitted.identity.weights_sha256
     assert {k: tuned.info[k] for k in ("cache", "split_sha256")} == \
         {k: fitted.info[k] for k in ("cache", "split_sha256")}  # so it can be fine-tuned again

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
@@ -37,9 +40,10 @@ def test_the_estimator_contract(name, n_classes, tmp_path):
     assert (head.predict(X[180:]) == y[180:]).mean() > 0.8
     assert repr(clone(head)) == repr(head)  # clonable: __init__ only stores its arguments
 
-    meta = save_head(head, tmp_path)
-    again = load_head(tmp_path, meta)
-    np.testing.assert_allclose(again.predict_proba(X[180:]), proba, rtol=1e-6)
+    # Saved as data and rebuilt: the very same probabilities, and the same parameters.
+    again = load_head(tmp_path / save_head(head, name, tmp_path), name)
+    np.testing.assert_array_equal(again.predict_proba(X[180:]), proba)
+    assert repr(again) == repr(head)
 
 
 # A few epochs at a high rate: quick, and still past the > 0.83 training accuracy on blobs that
@@ -63,11 +67,26 @@ def test_torch_head_training_is_seeded():
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
 
 
-def test_a_torch_head_file_is_plain_tensors(tmp_path):
+def test_a_head_file_is_arrays_and_json_that_any_safetensors_reader_opens(tmp_path):
     X, y = _data(2)
-    save_head(make_head("linear", epochs=2).fit(X, y), tmp_path)
-    state = torch.load(tmp_path / "head.pt", weights_only=True)
-    assert set(state) == {"0.mean", "0.scale", "1.weight", "1.bias", "classes"}
+    for name, params in (("linear", {"epochs": 2}), ("logistic", {"C": 0.5})):
+        head = make_head(name, **params).fit(X, y)
+        file = tmp_path / save_head(head, name, tmp_path)
+        with safe_open(file, "np") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            state = json.loads(f.metadata()["featx.state"])
+        assert state["model"] == name and all(state["params"][k] == v for k, v in params.items())
+        assert all(a.dtype.kind in "fiu" for a in arrays.values())
+    np.testing.assert_array_equal(arrays[state["fitted"]["logistic"]["coef_"]["tensor"]], head[-1].coef_)
+
+
+def test_a_head_file_of_another_kind_is_refused(tmp_path):
+    X, y = _data(2)
+    file = tmp_path / save_head(make_head("knn").fit(X, y), "knn", tmp_path)
+    with pytest.raises(ValueError, match="it holds a knn head, not the logistic head bundle.json names"):
+        load_head(file, "logistic")
+    with pytest.raises(featx.ConfigError, match="this Pipeline is not the svm head"):
+        save_head(make_head("knn").fit(X, y), "svm", tmp_path)
 
 
 @pytest.mark.parametrize("name, params, message", [
@@ -81,8 +100,10 @@ def test_bad_heads_are_refused(name, params, message):
 
 def test_bad_torch_settings_are_refused_at_fit():
     X, y = _data(2)
-    with pytest.raises(featx.ConfigError, match="epochs and batch_size must be at least 1, not 0 and 256"):
+    with pytest.raises(featx.ConfigError, match="^epochs must be a whole number, 1 or more, not 0$"):
         make_head("linear", epochs=0).fit(X, y)
+    with pytest.raises(featx.ConfigError, match="^hidden must be a whole number, 0 or more, not 'abc'$"):
+        make_head("mlp", hidden="abc").fit(X, y)
 
 
 def test_partial_fit_epochs_over_all_the_data_are_fit():
@@ -112,7 +133,8 @@ def test_partial_fit_standardises_by_a_given_scaler():
 def test_a_loaded_torch_head_goes_on_training(name, tmp_path):
     X, y = _data(3)
     labels = np.array([3, 5, 9])[y]
-    again = load_head(tmp_path, save_head(make_head(name, epochs=2).fit(X[:120], labels[:120]), tmp_path))
+    again = load_head(tmp_path / save_head(make_head(name, epochs=2).fit(X[:120], labels[:120]), name,
+                                           tmp_path), name)
     before = [p.detach().clone() for p in again.module_.parameters()]
     assert again.partial_fit(X[120:], labels[120:]) is again
     assert all(not torch.equal(a, b) for a, b in zip(before, again.module_.parameters(), strict=True))

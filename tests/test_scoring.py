@@ -28,7 +28,8 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
     (new / "red" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     r = featx.score(new, bundle, **RUN)
 
-    assert r.csv.resolve() == tmp_path / "cache" / "scores" / f"new-{bundle.name}.csv"
+    assert r.csv.resolve().parent == tmp_path / "cache" / "scores"
+    assert re.fullmatch(rf"new-{re.escape(bundle.name)}-[0-9a-f]{{8}}\.csv", r.csv.name)
     assert (r.n_scored, r.n_failed, r.n_labelled, r.accuracy) == (7, 1, 6, 1.0)
     assert r.predicted == {"blue": 3, "red": 4}
     assert r.plot.is_file() and r.plot.suffix == ".png"

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import durable_write, sha256_file
+from ..errors import WeightsUnavailableError, first_line
+from ..files import sha256_file
 from ..identity import FeatureIdentity
+from ..state_file import write_tensors
 from .preprocessing import Preprocessing
 from .registry import DEFAULT_BACKBONE, get_backbone
 from .spec import BackboneSpec, check_pool
@@ -35,7 +37,12 @@ class FeatureExtractor(nn.Module):
         self.spec, self.weights, self.pool = spec, weights, check_pool(spec, pool)
         model = spec.build()
         if weights.path is not None:
-            model.load_state_dict(spec.convert_state_dict(weights.load()))
+            try:
+                model.load_state_dict(spec.convert_state_dict(weights.load()))
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:  # another model's tensors
+                raise WeightsUnavailableError(
+                    f"{weights.path} is not a state dict of {spec.name} ({first_line(e)}): pass the "
+                    f"weights file of a {spec.name}, or leave out --weights") from e
         self.base = spec.tap(model)
         p = spec.preprocessing
         # (x/255 - mean)/std as one multiply-add on the raw uint8 values.
@@ -58,7 +65,7 @@ class FeatureExtractor(nn.Module):
                                pool=self.pool, feature_dim=self.feature_dim,
                                input_size=self.preprocessing.crop_size,
                                preprocessing=self.preprocessing.to_dict(),
-                               weights_path=str(self.weights.path or ""))
+                               weights_file=self.weights.path.name if self.weights.path else "")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.to(self.shift.dtype) - self.shift) * self.scale
@@ -80,16 +87,16 @@ def blocks(base: nn.Module) -> list[nn.Module]:
 
 
 def save_weights(extractor: FeatureExtractor, path: str | os.PathLike) -> Weights:
-    """Write the extractor's (fine-tuned) base as a whole state dict of its backbone, one that
-    ``load_backbone(name, weights=path)`` reads like any downloaded weights."""
+    """Write the extractor's (fine-tuned) base as a whole state dict of its backbone, in
+    safetensors (data, never a pickle), which ``load_backbone(name, weights=path)`` reads like
+    any downloaded weights."""
     path = Path(path)
     model = extractor.spec.build()
     # The state dict shares storage with the parameters, so it sees the values loaded through the
     # tap; and it still holds what the tap drops (the classifier), so it loads strictly.
     whole = model.state_dict()
     extractor.spec.tap(model).load_state_dict(extractor.base.state_dict())
-    with durable_write(path) as tmp:
-        torch.save(whole, tmp)
+    write_tensors(path, {k: v.contiguous() for k, v in whole.items()})
     return Weights(path, sha256_file(path))
 
 

@@ -8,9 +8,10 @@ import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
-from ..errors import WeightsUnavailableError
+from ..errors import WeightsUnavailableError, first_line
 from ..files import sha256_file
 from ..identity import RANDOM_INIT
 from .spec import BackboneSpec
@@ -24,7 +25,16 @@ class Weights:
     sha256: str
 
     def load(self) -> dict[str, torch.Tensor]:
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        """The state dict: from safetensors (featx's own files), or from torch's format, the one
+        torchvision publishes, with ``weights_only`` (tensors and containers only: no code)."""
+        try:
+            if self.path.suffix == ".safetensors":
+                return safetensors.torch.load_file(self.path)
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError, EOFError, RuntimeError...: the file is at fault
+            raise WeightsUnavailableError(
+                f"cannot read weights from {self.path} ({first_line(e)}): pass "
+                f"a state-dict file (.safetensors, .pt or .pth) or leave out --weights") from e
 
 
 def hub_path(url: str) -> Path:

@@ -52,6 +52,12 @@ def default_path(data_root: Path, identity: FeatureIdentity, dtype: str,
     return Path(out_dir) / f"{'-'.join(parts)}-{short}.h5"
 
 
+def data_id(data_root: Path) -> str:
+    """Which image folder a cache was made from, as a cache records it: a hash of its absolute
+    path, which tells folders apart without writing down anyone's folders."""
+    return hashlib.sha256(os.fsencode(data_root.resolve())).hexdigest()[:16]
+
+
 def encoded(strings) -> list[bytes]:
     return [s.encode("utf-8", "surrogateescape") for s in strings]
 
@@ -104,12 +110,3 @@ class Contents:
                    sha256=tuple(strings(f["files/sha256"])),
                    failed=tuple(zip(strings(f["failed/paths"]), strings(f["failed/errors"]),
                                     strict=True)))
-
-
-def read_attrs(path: Path) -> dict | None:
-    """The attributes of a complete cache at ``path``, or None if there is none there."""
-    try:
-        with h5py.File(path, "r") as f:
-            return dict(f.attrs) if f.attrs.get("complete") else None
-    except (OSError, FileNotFoundError):
-        return None

@@ -29,6 +29,21 @@ else:
         return True
 
 
+# The descriptors of the locks this process holds; a forked child (a DataLoader worker) closes
+# its copies (``forget_inherited``).
+_HELD: set[int] = set()
+
+
+def forget_inherited() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors. An flock belongs to
+    the open file, which every fork shares, so without this a killed writer's lock would live on
+    in its decoding workers for the seconds they take to notice, refusing a re-run meanwhile."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
 def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -58,8 +73,13 @@ def locked(path: Path) -> Iterator[None]:
     writer and none has to be cleaned up by hand.
     """
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(lock, path)
+    except OSError as e:  # a folder that is a file, or one this user may not write in
+        raise CacheError(f"cannot write {e.filename or lock} ({e.strerror or e}): choose another "
+                         f"--out") from e
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -67,4 +87,5 @@ def locked(path: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(PermissionError):  # Windows keeps a file that is open: reused next time
             lock.unlink(missing_ok=True)
+        _HELD.discard(fd)
         os.close(fd)

@@ -39,12 +39,12 @@ class Shard:
         self.path, self.entries = path, entries
 
     def features(self, start: int, stop: int) -> np.ndarray:
-        with np.load(self.path) as z:
+        with np.load(self.path, allow_pickle=False) as z:
             return z["features"][start:stop]
 
 
 def _read_shard(path: Path, key: str) -> Shard:
-    with np.load(path) as z:  # reading every member checks the zip's CRCs
+    with np.load(path, allow_pickle=False) as z:  # reading every member checks the zip's CRCs
         if str(z["config_key"]) != key:
             raise ValueError("made with other settings")
         entries = reuse.entries(z["paths"].tolist(), z["size"], z["mtime_ns"], z["sha256"])

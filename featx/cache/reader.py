@@ -13,10 +13,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import CacheError
+from ..errors import CacheError, first_line
 from ..identity import FeatureIdentity
 from . import reuse
-from .format import FORMAT_VERSION, Contents, identity_of, read_attrs, strings
+from .format import FORMAT_VERSION, Contents, identity_of, strings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,16 @@ class PreviousCache:
 
     def __init__(self, path: Path):
         self.path, self.file = path, h5py.File(path, "r")
-        self.contents = Contents.read(self.file)
+        try:
+            self.contents = Contents.read(self.file)
+            c, rows = self.contents, self.file["features"].shape[0]
+            identity_of(dict(self.file.attrs))
+            labels_known = set(c.labels) <= set(range(-1, len(c.classes)))  # -1: in no class folder
+            if not len(c.paths) == len(c.labels) == rows or not labels_known:
+                raise ValueError("its parts do not agree")
+        except BaseException:
+            self.file.close()
+            raise
         self.entries = reuse.entries(self.contents.paths, self.contents.size,
                                      self.contents.mtime_ns, self.contents.sha256)
 
@@ -37,10 +46,27 @@ class PreviousCache:
         self.file.close()
 
 
-def previous(path: Path, identity: FeatureIdentity, dtype: str) -> PreviousCache | None:
-    """The cache at ``path``, if it holds features made with these settings, to reuse rows of."""
-    attrs = read_attrs(path)
-    if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
+def previous(path: Path, identity: FeatureIdentity, dtype: str, data_id: str) -> PreviousCache | None:
+    """The cache at ``path``, if it holds features made with these settings, to reuse rows of.
+
+    Raises ``CacheError`` where ``path`` is a file that is not a featx cache, or the cache of
+    another image folder (``data_id``): replacing either needs ``--force``.
+    """
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        attrs = {}
+    if "config_key" not in attrs:
+        raise CacheError(f"{path} is not a featx cache, and extracting there would replace it: "
+                         f"choose another --out, or add --force to replace it")
+    if attrs.get("data_id", data_id) != data_id:
+        raise CacheError(f"{path} is the cache of another image folder ({attrs.get('data')}), and "
+                         f"extracting there would replace it: choose another --out, or add --force "
+                         f"to replace it")
+    if attrs.get("format_version") == FORMAT_VERSION and attrs.get("complete"):
         if attrs["config_key"] != identity.key(dtype):
             have = identity_of(attrs)
             key = have.mismatch(identity)
@@ -50,11 +76,10 @@ def previous(path: Path, identity: FeatureIdentity, dtype: str) -> PreviousCache
             return None
         try:
             return PreviousCache(path)
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, TypeError):  # damaged: made again, as it is featx's
             pass
-    if path.exists():
-        log.warning("%s is not a complete featx cache of format %d: extracting every image again",
-                    path, FORMAT_VERSION)
+    log.warning("%s is not a complete featx cache of format %d: extracting every image again",
+                path, FORMAT_VERSION)
     return None
 
 
@@ -141,6 +166,19 @@ class FeatureCache:
         return identity_of(self.attrs)
 
 
+def _check(fc: FeatureCache) -> None:
+    """The parts of a cache agree with each other, and its attributes name its features."""
+    n = len(fc.features)
+    if fc.features.shape[1:] != (fc.identity.feature_dim,):
+        raise ValueError(f"its features are {fc.features.shape[1:]} wide, its attributes say "
+                         f"{fc.identity.feature_dim}")
+    if not len(fc.labels) == len(fc.paths) == len(fc.splits) == n:
+        raise ValueError(f"{n} feature rows, but {len(fc.labels)} labels, {len(fc.paths)} paths "
+                         f"and {len(fc.splits)} splits")
+    if n and (fc.labels.min() < -1 or fc.labels.max() >= len(fc.classes)):  # -1: in no class folder
+        raise ValueError(f"a label out of the range of its {len(fc.classes)} classes")
+
+
 def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                in_memory: bool = True) -> FeatureCache:
     """Read a cache; with ``identity`` (a bundle's, say), refuse one whose features differ.
@@ -158,11 +196,15 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
         if f.attrs.get("format_version") != FORMAT_VERSION or not f.attrs.get("complete"):
             raise CacheError(f"{path} is not a complete featx cache (format "
                              f"{FORMAT_VERSION}): extract it again")
-        fc = FeatureCache(
-            path=path, features=DiskFeatures.of(path, f["features"]), labels=f["labels"][()],
-            paths=strings(f["paths"]), splits=np.array(strings(f["splits"])),
-            classes=strings(f["classes"]), attrs=dict(f.attrs),
-            failed=list(zip(strings(f["failed/paths"]), strings(f["failed/errors"]), strict=True)))
+        try:
+            fc = FeatureCache(
+                path=path, features=DiskFeatures.of(path, f["features"]), labels=f["labels"][()],
+                paths=strings(f["paths"]), splits=np.array(strings(f["splits"])),
+                classes=strings(f["classes"]), attrs=dict(f.attrs),
+                failed=list(zip(strings(f["failed/paths"]), strings(f["failed/errors"]), strict=True)))
+            _check(fc)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CacheError(f"{path} is damaged ({first_line(e)}): extract it again") from e
     key = fc.identity.mismatch(identity) if identity is not None else None
     if key is not None:
         raise CacheError(f"{path} holds features made with {key}={getattr(fc.identity, key)}, not "

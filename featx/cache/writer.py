@@ -4,7 +4,9 @@ of an interrupted run, or arrays a user computed elsewhere), under a temporary n
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -12,7 +14,7 @@ import numpy as np
 
 from ..data.folders import SPLITS
 from ..errors import ConfigError
-from ..files import durable_write
+from ..files import durable_write, size_text
 from ..identity import DTYPES, FeatureIdentity, storage_dtype
 from ..version import __version__
 from . import reuse
@@ -56,12 +58,29 @@ def _copy_features(dst: h5py.Dataset, placed: list[reuse.Found]) -> None:
             start = stop
 
 
+def _room_needed(contents: Contents, dim: int, itemsize: int) -> int:
+    """A generous estimate of the bytes a cache of ``contents`` takes: the features, each
+    string with HDF5's 16 bytes to point at it, the numbers, and a MiB of metadata."""
+    strings = sum(len(s.encode("utf-8", "surrogateescape")) + 16 for s in
+                  (*contents.paths, *contents.splits, *contents.sha256, *contents.classes,
+                   *(p + e for p, e in contents.failed)))
+    return int(1.05 * (len(contents.paths) * (dim * itemsize + 20) + strings)) + (1 << 20)
+
+
 def write(path: Path, contents: Contents, placed: list[reuse.Found], identity: FeatureIdentity,
           dtype: str, tmp: Path, **attrs) -> Path:
-    """Write the cache at ``path`` whole: rows in ``contents`` order, features from ``placed``."""
+    """Write the cache at ``path`` whole: rows in ``contents`` order, features from ``placed``.
+
+    Refused with ``OSError`` (ENOSPC) before anything is written if the disk has not room for
+    it: HDF5 finds a full disk only as it closes the file, and then cannot close it cleanly.
+    """
     dim = identity.feature_dim
+    stored = storage_dtype(dtype)
+    need, free = _room_needed(contents, dim, np.dtype(stored).itemsize), shutil.disk_usage(tmp.parent).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: about {size_text(need)} needed, "
+                                    f"{size_text(free)} free", str(tmp.parent))
     with durable_write(path, tmp), h5py.File(tmp, "w") as f:
-        stored = storage_dtype(dtype)
         rows = max(1, (1 << 20) // (dim * np.dtype(stored).itemsize))
         features = f.create_dataset("features", (len(placed), dim), dtype=stored,
                                     maxshape=(None, dim), chunks=(rows, dim))

@@ -103,6 +103,14 @@ def _passed_over(root: Path, ignored: list[tuple[Path, str]]) -> tuple[tuple[str
     return tuple((path.relative_to(root).as_posix(), why) for path, why in ignored)
 
 
+def _linked_class(path: Path, class_dirs: dict[Path, str], cls: str) -> str | None:
+    """The other class whose folder the symlink ``path`` points into, if it does."""
+    if not path.is_symlink():
+        return None
+    real = Path(os.path.realpath(path))  # not resolve(): a link to itself is a bad file, not an error
+    return next((c for d, c in class_dirs.items() if c != cls and real.is_relative_to(d)), None)
+
+
 def scan(root: str | os.PathLike) -> Dataset:
     """Read a labelled image folder's layout without opening any image."""
     root = Path(root)
@@ -118,12 +126,18 @@ def scan(root: str | os.PathLike) -> Dataset:
                for d in subdirs if split_dirs and d not in SPLIT_DIRS]
 
     per_class: dict[str, list[tuple[Path, str]]] = {}
+    class_dirs = {(root / part / cls).resolve(): cls for part, _ in parts for cls in _subdirs(root / part)}
     for part, split in parts:
         for cls in _subdirs(root / part):
             images = find_images(root / part / cls, ignored)
             if not images:
                 ignored.append((root / part / cls, "an empty class folder: ignored"))
             for rel in images:
+                other = _linked_class(root / part / cls / rel, class_dirs, cls)
+                if other is not None:
+                    ignored.append((root / part / cls / rel, f"a link to an image of class {other}: "
+                                                             f"skipped, as its class is ambiguous"))
+                    continue
                 per_class.setdefault(cls, []).append((part / cls / rel, split))
         if not _subdirs(root / part) and find_images(root / part):
             raise DataError(f"{root / part} holds images but no class subfolders: put each class's "

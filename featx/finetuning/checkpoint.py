@@ -13,14 +13,16 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..files import durable_write
 from ..plots import history_png
+from ..state_file import load_state, save_state
 from .loop import Trainer
 from .model import Classifier
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+# What a fine-tune writes into its folder as it runs, before the bundle replaces them all.
+WORK_FILES = (CHECKPOINT, "history.json", "history.csv", "history.png")
 
 
 def snapshot(epoch: int, val_metrics: dict, labels: np.ndarray, proba: np.ndarray,
@@ -42,10 +44,9 @@ def write_history(history: list[dict], out: Path, title: str) -> Path:
 
 def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history: list[dict],
          best: dict) -> None:
-    with durable_write(path) as tmp:
-        torch.save(dict(config=config, model=model.state_dict(), optimizer=trainer.optimizer.state_dict(),
-                        scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
-                        history=history, best=best), tmp)
+    save_state(path, dict(config=config, model=model.state_dict(), optimizer=trainer.optimizer.state_dict(),
+                          scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
+                          history=history, best=best))
 
 
 def check_start(path: Path, resume: bool) -> None:
@@ -61,7 +62,10 @@ def resume(path: Path, config: dict, model: Classifier, trainer: Trainer) -> tup
     """Load the checkpoint into ``model`` and ``trainer``, refusing one made with another recipe;
     returns its history and best epoch."""
     # On the CPU: load_state_dict copies each tensor to where its parameter lives.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = load_state(path)
+    except ValueError as e:
+        raise ConfigError(f"cannot read {path} ({e}): delete it and run without --resume") from e
     for key, value in config.items():
         if state["config"].get(key) != value:
             raise ConfigError(f"--resume: the interrupted run had {key}={state['config'].get(key)}, "

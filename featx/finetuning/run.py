@@ -22,7 +22,7 @@ from sklearn.metrics import confusion_matrix
 from tqdm.auto import tqdm
 
 from ..backbones.extractor import blocks, save_weights
-from ..bundle import Bundle, backbone_for, load_bundle
+from ..bundle import Bundle, backbone_for, check_out, load_bundle
 from ..cache.reader import open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
@@ -35,6 +35,8 @@ from ..runtime import Runtime, autocast_for
 from . import checkpoint, loop
 from .model import Classifier, param_groups, resolve_unfreeze, schedule, train_mode
 from .recipe import Recipe
+
+BACKBONE_FILE = "backbone.safetensors"
 
 log = logging.getLogger(__name__)
 
@@ -230,22 +232,29 @@ def _train(run: _Run, history: list[dict], best: dict, title: str) -> dict:
     return best
 
 
-def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, info: dict) -> list[Path]:
-    """The fine-tuned bundle: backbone file, head, bundle.json, and the validation confusion PNG."""
+def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, history: list[dict],
+                  title: str, info: dict) -> list[Path]:
+    """The fine-tuned bundle, written whole over the run's folder (its checkpoint goes with the
+    old folder): backbone, head, history and the validation confusion PNG, then bundle.json."""
     run.model.cpu()
     extractor = run.model.extractor
-    weights = save_weights(extractor, run.out / "backbone.pt")
-    identity = dataclasses.replace(extractor.identity(), weights_sha256=weights.sha256,
-                                   weights_path=weights.path.name)
     run.head.module_.eval()
-    Bundle(identity=identity, classes=list(source.classes), head=run.head,
-           model="mlp" if run.head.hidden else "linear", metrics=results, info=info).save(run.out)
+    bundle = Bundle(identity=extractor.identity(), classes=list(source.classes), head=run.head,
+                    model="mlp" if run.head.hidden else "linear", metrics=results, info=info)
     matrix = confusion_matrix(best["labels"].numpy(), best["proba"].numpy().argmax(1),
                               labels=range(len(source.classes)))
-    return [run.out / "history.png",  # written with the last checkpoint
-            confusion_matrix_png(matrix, list(source.classes), run.out / "confusion_val.png",
-                                 f"fine-tuned {extractor.spec.name}: val accuracy "
-                                 f"{best['metrics']['accuracy']:.3f} (epoch {best['epoch']})")]
+
+    def backbone_and_pictures(folder: Path) -> None:
+        weights = save_weights(extractor, folder / BACKBONE_FILE)
+        bundle.identity = dataclasses.replace(bundle.identity, weights_sha256=weights.sha256,
+                                              weights_file=BACKBONE_FILE)
+        checkpoint.write_history(history, folder, title)
+        confusion_matrix_png(matrix, list(source.classes), folder / "confusion_val.png",
+                             f"fine-tuned {extractor.spec.name}: val accuracy "
+                             f"{best['metrics']['accuracy']:.3f} (epoch {best['epoch']})")
+
+    bundle.save(run.out, backbone_and_pictures, own=checkpoint.WORK_FILES)
+    return [run.out / "history.png", run.out / "confusion_val.png"]
 
 
 def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
@@ -263,6 +272,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     source, dataset = _source(data, bundle)
     parts = _partition(dataset, source)
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
+    check_out(out, own=checkpoint.WORK_FILES)  # before hours of training, not after
     run = _prepare(source, dataset, parts, out, recipe, runtime)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in run.model.parameters()) - trainable
@@ -271,16 +281,16 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
              "%s", name, run.recipe.unfreeze, len(blocks(run.model.extractor.base)), f"{trainable:,}",
              f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
     history, best = _start(run, resume)
-    best = _train(run, history, best, f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}")
+    title = f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}"
+    best = _train(run, history, best, title)
     run.model.load_state_dict(best["state"])
     results = {"val": best["metrics"]}
     if "test" in parts:
         results["test"], _, _ = loop.evaluate(run.model, dataset.subset(parts["test"]), run.runtime, "test")
-    plots = _write_bundle(run, source, results, best, info=dict(
+    plots = _write_bundle(run, source, results, best, history, title, info=dict(
         finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
         # Where its validation images are recorded, so the result can be fine-tuned again.
         **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
         best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv"))
-    run.checkpoint.unlink()
     return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
                           frozen, time.perf_counter() - start, plots)

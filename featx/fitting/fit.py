@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import Bundle, check_out
 from ..cache.reader import FeatureCache, open_cache
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import split_digest, split_indices
 from ..files import size_text
 from ..heads.registry import DEFAULT_HEAD, make_head
@@ -92,18 +92,30 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     start = time.perf_counter()
     params = params or {}
     fc = open_cache(cache, in_memory=False)
+    path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")
+    check_out(path)
     head = make_head(model, **params)
+    if not len(fc.labels):
+        raise DataError(f"{fc.path} holds no features: all {len(fc.failed)} of its images were "
+                        f"skipped as unreadable (`featx check DATA` lists why)")
     parts = split_indices(fc.splits, fc.labels, val_split, seed)
-    features, size = _fit(head, model, fc, _train_rows(fc, parts), params, max_memory)
     bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
                     info=dict(cache=str(Path(fc.path).resolve()), params=params,
                               val_split=val_split if "val" not in fc.splits else None, seed=seed,
                               split_sha256=split_digest(fc.paths, parts)))
-    bundle.metrics, confusion = evaluate(bundle, features, fc.labels, parts, size)
-    path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")
-    bundle.save(path)
+    try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
+        features, size = _fit(head, model, fc, _train_rows(fc, parts), params, max_memory)
+        bundle.metrics, confusion = evaluate(bundle, features, fc.labels, parts, size)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, FeatxError):
+            raise
+        given = " ".join(f"-p {k}={v}" for k, v in params.items()) or "its default parameters"
+        raise ConfigError(f"the {model} head cannot be fitted with {given} ({first_line(e)}): "
+                          f"change them") from e
     shown = "val" if "val" in parts else "train"
-    plot = confusion_matrix_png(confusion[shown], fc.classes, path / f"confusion_{shown}.png",
-                                f"{model} on {fc.attrs['backbone']}: {shown} "
-                                f"accuracy {bundle.metrics[shown]['accuracy']:.3f}")
+    picture = f"confusion_{shown}.png"
+    bundle.save(path, lambda folder: confusion_matrix_png(
+        confusion[shown], fc.classes, folder / picture,
+        f"{model} on {fc.attrs['backbone']}: {shown} accuracy {bundle.metrics[shown]['accuracy']:.3f}"))
+    plot = path / picture
     return FitResult(path, bundle.metrics, time.perf_counter() - start, plot)

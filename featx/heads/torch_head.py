@@ -40,6 +40,23 @@ def head_module(n_features: int, n_classes: int, hidden: int, dropout: float) ->
     return nn.Sequential(*layers)
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return _whole(v) or isinstance(v, float | np.floating)
+
+
+# (parameter, what it must be, test) for TorchHead's parameters.
+_PARAMS = (("hidden", "a whole number, 0 or more", lambda v: _whole(v) and v >= 0),
+           ("epochs", "a whole number, 1 or more", lambda v: _whole(v) and v >= 1),
+           ("batch_size", "a whole number, 1 or more", lambda v: _whole(v) and v >= 1),
+           ("dropout", "a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+           ("lr", "a number above 0", lambda v: _number(v) and v > 0),
+           ("weight_decay", "a number, 0 or more", lambda v: _number(v) and v >= 0))
+
+
 def _standardisation(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (population) std of each feature; a constant feature is divided by 1e-6, not 0."""
     return X.mean(0), X.std(0, correction=0).clamp_min(1e-6)
@@ -111,9 +128,11 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         return X, y
 
     def _start(self, classes: np.ndarray, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be at least 1, not {self.epochs} and "
-                              f"{self.batch_size}")
+        # Checked here, as scikit-learn's own estimators check theirs as they fit.
+        for name, want, ok in _PARAMS:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"{name} must be {want}, not {value!r}")
         self.classes_ = classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
