@@ -125,15 +125,15 @@ def _check_files(path: Path, files) -> None:
     for name, entry in files.items():
         file = path / name
         if not file.is_file():
-            problem = "missing"
+            problem = "missing, though bundle.json lists it"
         elif file.stat().st_size != entry.get("size"):
-            problem = f"{file.stat().st_size} bytes, not the {entry.get('size')} listed"
+            problem = f"{file.stat().st_size} bytes, not the {entry.get('size')} bundle.json lists"
         elif sha256_file(file) != entry.get("sha256"):
-            problem = "its sha256 is not the one listed: it was changed or swapped"
+            problem = "its sha256 is not the one bundle.json lists"
         else:
             continue
-        raise BundleError(f"{file}: {problem} in bundle.json; the bundle was changed or damaged "
-                          f"since it was written: get it again, or fit the head again")
+        raise BundleError(f"{file}: {problem}; the bundle was changed or damaged since it was "
+                          f"written: get it again, or fit the head again")
 
 
 def _read_doc(path: Path) -> dict:
