@@ -141,9 +141,9 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
     ``CacheError``. Files that failed to read are tried again every time.
     """
     start = time.perf_counter()
-    identity = model.identity()
+    identity, data = model.identity(), data_id(dataset.root)
     with locked(path), contextlib.ExitStack() as stack:
-        old = None if force else previous(path, identity, dtype, data_id(dataset.root))
+        old = None if force else previous(path, identity, dtype, data)
         if old is not None:
             stack.callback(old.close)
         store = Partial(path, identity.key(dtype), dtype, fresh=force)
@@ -163,8 +163,7 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
                 write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
                       tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=execution or "none",
                       decode=runtime.decode_on(device), seconds=time.perf_counter() - start,
-                      data=dataset.root.resolve().name,
-                      data_id=data_id(dataset.root))
+                      data=dataset.root.resolve().name, data_id=data)
             except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
                 raise _write_error(e, store) from e
         store.remove()

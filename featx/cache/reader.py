@@ -28,11 +28,9 @@ class PreviousCache:
         self.path, self.file = path, h5py.File(path, "r")
         try:
             self.contents = Contents.read(self.file)
-            c, rows = self.contents, self.file["features"].shape[0]
-            identity_of(dict(self.file.attrs))
-            labels_known = set(c.labels) <= set(range(-1, len(c.classes)))  # -1: in no class folder
-            if not len(c.paths) == len(c.labels) == rows or not labels_known:
-                raise ValueError("its parts do not agree")
+            c = self.contents
+            _check_parts(self.file["features"].shape, identity_of(dict(self.file.attrs)), c.labels,
+                        len(c.paths), len(c.splits), len(c.classes))
         except BaseException:
             self.file.close()
             raise
@@ -166,17 +164,18 @@ class FeatureCache:
         return identity_of(self.attrs)
 
 
-def _check(fc: FeatureCache) -> None:
-    """The parts of a cache agree with each other, and its attributes name its features."""
-    n = len(fc.features)
-    if fc.features.shape[1:] != (fc.identity.feature_dim,):
-        raise ValueError(f"its features are {fc.features.shape[1:]} wide, its attributes say "
-                         f"{fc.identity.feature_dim}")
-    if not len(fc.labels) == len(fc.paths) == len(fc.splits) == n:
-        raise ValueError(f"{n} feature rows, but {len(fc.labels)} labels, {len(fc.paths)} paths "
-                         f"and {len(fc.splits)} splits")
-    if n and (fc.labels.min() < -1 or fc.labels.max() >= len(fc.classes)):  # -1: in no class folder
-        raise ValueError(f"a label out of the range of its {len(fc.classes)} classes")
+def _check_parts(shape: tuple[int, ...], identity: FeatureIdentity, labels, n_paths: int,
+                n_splits: int, n_classes: int) -> None:
+    """A cache's parts agree with each other and its attributes name its features; raises
+    ``ValueError`` where they do not."""
+    if shape[1:] != (identity.feature_dim,):
+        raise ValueError(f"its features are {shape[1:]} wide, its attributes say {identity.feature_dim}")
+    labels = np.asarray(labels)
+    if not len(labels) == n_paths == n_splits == shape[0]:
+        raise ValueError(f"{shape[0]} feature rows, but {len(labels)} labels, {n_paths} paths and "
+                         f"{n_splits} splits")
+    if len(labels) and (labels.min() < -1 or labels.max() >= n_classes):  # -1: in no class folder
+        raise ValueError(f"a label out of the range of its {n_classes} classes")
 
 
 def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
@@ -202,7 +201,8 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                 paths=strings(f["paths"]), splits=np.array(strings(f["splits"])),
                 classes=strings(f["classes"]), attrs=dict(f.attrs),
                 failed=list(zip(strings(f["failed/paths"]), strings(f["failed/errors"]), strict=True)))
-            _check(fc)
+            _check_parts(fc.features.shape, fc.identity, fc.labels, len(fc.paths), len(fc.splits),
+                        len(fc.classes))
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise CacheError(f"{path} is damaged ({first_line(e)}): extract it again") from e
     key = fc.identity.mismatch(identity) if identity is not None else None

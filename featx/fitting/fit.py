@@ -106,9 +106,9 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
         features, size = _fit(head, model, fc, _train_rows(fc, parts), params, max_memory)
         bundle.metrics, confusion = evaluate(bundle, features, fc.labels, parts, size)
+    except FeatxError:
+        raise
     except (ValueError, TypeError) as e:
-        if isinstance(e, FeatxError):
-            raise
         given = " ".join(f"-p {k}={v}" for k, v in params.items()) or "its default parameters"
         raise ConfigError(f"the {model} head cannot be fitted with {given} ({first_line(e)}): "
                           f"change them") from e
