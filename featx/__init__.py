@@ -5,6 +5,9 @@
     featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
     featx.check(DATA)                -> CheckReport (unreadable files, duplicates, leakage)
+    featx.classify(FOLDER)           -> ClassifyResult (the backbone's own ImageNet labels)
+    featx.info(CACHE or BUNDLE)      -> Info (what it holds)
+    featx.report(BUNDLE)             -> ReportResult (one self-contained HTML page)
 
 Every name below is loaded on first use (the Scientific Python SPEC 1 pattern): ``import featx``
 and ``featx --help`` import neither torch nor scikit-learn; ``featx.extract`` imports what
@@ -30,6 +33,8 @@ _API = {
     "finetune": "finetuning.run", "FinetuneResult": "finetuning.run", "Recipe": "finetuning.recipe",
     "score": "scoring", "ScoreResult": "scoring",
     "check": "checking", "CheckReport": "checking",
+    "classify": "classifying", "ClassifyResult": "classifying",
+    "info": "inspection", "Info": "inspection", "report": "reporting", "ReportResult": "reporting",
     "run_demo": "demo",
     "Runtime": "runtime",
     "FeatureIdentity": "identity",

@@ -29,6 +29,7 @@ from sklearn.base import BaseEstimator
 from .backbones.extractor import FeatureExtractor, load_backbone
 from .errors import BundleError, WeightsUnavailableError
 from .files import durable_write, folder_write, sha256_file
+from .heads.registry import class_proba
 from .heads.storage import load_head, save_head
 from .identity import RANDOM_INIT, FeatureIdentity
 from .version import __version__
@@ -55,10 +56,7 @@ class Bundle:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probabilities with one column per entry of ``classes``, in that order."""
-        proba = np.zeros((len(features), len(self.classes)), np.float64)
-        proba[:, self.head.classes_] = self.head.predict_proba(features)
-        # float32 heads' rows sum to one only to float32 precision; metrics check at float64's.
-        return proba / proba.sum(1, keepdims=True)
+        return class_proba(self.head, features, len(self.classes))
 
     def save(self, path: str | os.PathLike, extra: Callable[[Path], object] | None = None,
              own: tuple[str, ...] = ()) -> Path:

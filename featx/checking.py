@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .data.folders import SPLITS, Sample, scan
 from .data.images import error_line, read_image
+from .progress import progress_bar
 from .runtime import default_workers
 
 
@@ -81,8 +80,7 @@ def check(data: str | os.PathLike, workers: int | None = None, progress: bool = 
     workers = default_workers() if workers is None else workers
     with concurrent.futures.ProcessPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
         digests = pool.map(_digest, paths, chunksize=16) if pool else map(_digest, paths)
-        results = list(tqdm(digests, total=len(paths), unit="img", desc="check",
-                            disable=not progress, dynamic_ncols=True))
+        results = list(progress_bar(len(paths), "check", enabled=progress, iterable=digests))
     groups: dict[str, list[Sample]] = {}
     skipped = []
     for s, (digest, error) in zip(dataset.samples, results, strict=True):

@@ -10,7 +10,7 @@ import sys
 
 # Everything imported here is torch-free, so that `featx --help` starts at once; each command
 # imports its own stage when it runs.
-from .backbones.registry import DEFAULT_BACKBONE, get_backbone, list_backbones
+from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone, list_backbones
 from .backbones.spec import POOLS
 from .data.augmentation import AUGMENTATIONS
 from .errors import FeatxError
@@ -29,6 +29,9 @@ EXAMPLES = {
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
     "finetune": "featx finetune data/pets --from cache/pets-efficientnet_lite0-avg-0123456789.logistic",
     "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
+    "classify": "featx classify data/hymenoptera/val --top 3",
+    "info": "featx info cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
+    "report": "featx report cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
     "demo": "featx demo",
 }
 
@@ -170,7 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=float, default=VAL_SPLIT,
                    help=f"fraction of train held out for validation when the cache has no val split "
                         f"(default {VAL_SPLIT})")
+    p.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
+                   help="try the head's settings (logistic and svm: C over a wide log range, then "
+                        "finer; knn: k; linear: weight decay; mlp: width, dropout, weight decay) "
+                        "on validation, keep the best and fit it again on train+val (default: "
+                        "where that costs seconds, caches of a few thousand images); -p fixes a "
+                        "setting")
     p.add_argument("--seed", type=int, default=SEED, help="seeds that split")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="linear and mlp heads: also log each epoch and the confusion matrix for "
+                        "TensorBoard to DIR (needs pip install 'featx[tensorboard]')")
     p.add_argument("--out", default=None, help="bundle folder (default: beside the cache)")
     p.add_argument("--max-memory", type=_size, default=MAX_MEMORY, metavar="SIZE",
                    help=f"features larger than this (e.g. 512M, 4G) are streamed from disk in "
@@ -186,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="new bundle folder (default: BUNDLE.finetuned)")
     _recipe(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log each epoch and the confusion matrix for TensorBoard to DIR "
+                        "(needs pip install 'featx[tensorboard]')")
     _runtime(p, speed=False, batch_size=False)
 
     p = command("score", "classify every image under a folder with a model bundle; write a CSV")
@@ -194,6 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
     _runtime(p)
+
+    p = command("classify", "a sanity check of a backbone: every image under a folder through its "
+                            "own ImageNet classifier; its top labels shown and written to a CSV")
+    p.add_argument("folder", help="images to classify, searched recursively")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
+    p.add_argument("--weights", default=None,
+                   help="state-dict file of the whole network (default: the backbone's ImageNet "
+                        "weights, from the torch hub cache or downloaded)")
+    p.add_argument("--top", type=int, default=TOP_LABELS,
+                   help=f"ImageNet labels per image (default {TOP_LABELS})")
+    p.add_argument("--out", default=None,
+                   help="CSV path (default cache/classify/FOLDER-BACKBONE-HASH.csv)")
+    _runtime(p, speed=False)
+
+    p = command("info", "what a feature cache or a model bundle holds: counts per class and split, "
+                        "backbone, weights, preprocessing, execution, versions, sizes, skipped "
+                        "files; for a bundle its head, parameter counts and metrics")
+    p.add_argument("path", help="a .h5 cache or a bundle folder")
+
+    p = command("report", "write one self-contained HTML page about a bundle: metrics, confusion "
+                          "matrix, curves, the search, validation images right and wrong, samples, "
+                          "augmentation, a scored folder")
+    p.add_argument("bundle", help="the bundle folder `featx fit-head` or `featx finetune` wrote")
+    p.add_argument("--scores", default=None, metavar="CSV", help="a CSV `featx score` wrote, to include")
+    p.add_argument("--data", default=None,
+                   help="the image folder the bundle was fitted on, if not where its cache says")
+    p.add_argument("--out", default=None, help="HTML path (default BUNDLE/report.html)")
 
     p = command("demo", "extract, fit and score scikit-learn's digits offline with the default backbone")
     p.add_argument("--data", default="data/digits", help="where to write the digit images")
@@ -232,17 +274,32 @@ def run(args: argparse.Namespace) -> None:
         from .fitting.fit import fit_head
 
         print(fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
-                       seed=args.seed, out=args.out, max_memory=args.max_memory).summary())
+                       seed=args.seed, out=args.out, max_memory=args.max_memory,
+                       search=args.search, tensorboard=args.tensorboard).summary())
     elif args.command == "finetune":
         from .finetuning.run import finetune
 
         print(finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
-                       resume=args.resume, runtime=_runtime_of(args)).summary())
+                       resume=args.resume, runtime=_runtime_of(args),
+                       tensorboard=args.tensorboard).summary())
     elif args.command == "score":
         from .scoring import score
 
         print(score(args.folder, args.model, out=args.out, weights=args.weights,
                     runtime=_runtime_of(args)).summary())
+    elif args.command == "classify":
+        from .classifying import classify
+
+        print(classify(args.folder, backbone=args.backbone, weights=args.weights, top=args.top,
+                       out=args.out, runtime=_runtime_of(args)).summary())
+    elif args.command == "info":
+        from .inspection import info
+
+        print(info(args.path).summary())
+    elif args.command == "report":
+        from .reporting import report
+
+        print(report(args.bundle, scores=args.scores, data=args.data, out=args.out).summary())
     elif args.command == "demo":
         from .demo import run_demo
 

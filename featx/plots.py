@@ -58,3 +58,67 @@ def history_png(history: list[dict], path: Path, title: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def search_png(trials: list, best, path: Path, title: str) -> Path:
+    """Validation accuracy and loss of each setting tried: against the parameter where one
+    varies (on a log axis where it spans decades), else one bar per setting."""
+    from matplotlib.figure import Figure
+
+    varying = [k for k in best.params if len({t.params[k] for t in trials}) > 1]
+    fig = Figure(figsize=(10, 4) if len(varying) == 1 else (8, 1.5 + 0.35 * len(trials)))
+    if len(varying) == 1:
+        key = varying[0]
+        x = [t.params[key] for t in trials]
+        for ax, metric in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
+            ax.plot(x, [t.metrics[metric] for t in trials], "o-")
+            ax.plot([best.params[key]], [best.metrics[metric]], "r*", markersize=14, label="chosen")
+            if min(x) > 0 and max(x) / min(x) > 20:
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"val {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    else:
+        ax = fig.subplots()
+        labels = [", ".join(f"{k}={t.params[k]:g}" for k in t.params) for t in trials]
+        ax.barh(range(len(trials)), [t.metrics["accuracy"] for t in trials],
+                color=["tab:red" if t is best else "tab:blue" for t in trials])
+        ax.set_yticks(range(len(trials)), labels, fontsize=8)
+        low = min(t.metrics["accuracy"] for t in trials)
+        ax.set_xlim(max(0.0, low - 0.05), 1.0)
+        ax.set_xlabel("val accuracy (red: chosen)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def image_grid_png(images: list[np.ndarray], captions: list[str], path: Path, title: str,
+                   wrong: list[bool] | None = None, columns: int = 8) -> Path:
+    """Images (H×W×3 uint8) in a grid, each with its caption; ``wrong`` ones framed and captioned
+    in red."""
+    from matplotlib.figure import Figure
+
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    fig = Figure(figsize=(1.9 * columns, 2.2 * rows + 0.5))
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        bad = bool(wrong and wrong[i])
+        ax.imshow(images[i])
+        ax.set_title(textwrap.fill(captions[i], 22), fontsize=8, color="red" if bad else "black")
+        for side in ax.spines.values():
+            side.set_color("red" if bad else "0.8")
+            side.set_linewidth(3 if bad else 0.5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backbones.extractor import FeatureExtractor
 from .cache import reuse
@@ -35,6 +34,7 @@ from .data.folders import Dataset
 from .data.readers import ImageReader, collate
 from .errors import CacheError, first_line
 from .execution.prepare import prepare
+from .progress import progress_bar
 from .runtime import Runtime, autocast_for, default_dtype
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ class BatchOutput:
     execution: str            # what computed them (``execution.prepare.Runner.execution``)
 
 
-def _loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime,
-            on_device: bool) -> torch.utils.data.DataLoader:
+def loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime,
+           on_device: bool) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset``'s images, decoded and cropped for ``model`` by ``runtime``'s
+    workers (``on_device``: left encoded, for the device to decode)."""
     batch_size = runtime.batch_size_on(device)
     workers = runtime.workers_for(math.ceil(len(dataset.samples) / batch_size))
     paths = [s.path for s in dataset.samples]
@@ -84,11 +86,10 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     device = runtime.torch_device()
     dtype = dtype or default_dtype(device)
     on_device = runtime.decode_on(device) == "device"
-    loader = _loader(model, dataset, device, runtime, on_device)
-    batches = iter(loader)  # the workers start decoding while the model is being prepared
-    runner = prepare(model, runtime.execution, device, loader.batch_size, dtype)
-    bar = tqdm(total=len(loader.dataset), unit="img", desc=desc,
-               disable=not runtime.progress, dynamic_ncols=True)
+    decoding = loader(model, dataset, device, runtime, on_device)
+    batches = iter(decoding)  # the workers start decoding while the model is being prepared
+    runner = prepare(model, runtime.execution, device, decoding.batch_size, dtype)
+    bar = progress_bar(len(decoding.dataset), desc, enabled=runtime.progress)
     skipped = 0
     with bar, torch.inference_mode(), autocast_for(device, dtype):
         for batch in batches:
@@ -163,7 +164,8 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
                 write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
                       tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=execution or "none",
                       decode=runtime.decode_on(device), seconds=time.perf_counter() - start,
-                      data=dataset.root.resolve().name, data_id=data)
+                      data=dataset.root.resolve().name, data_id=data,
+                      data_path=os.path.relpath(dataset.root.resolve(), path.resolve().parent))
             except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
                 raise _write_error(e, store) from e
         store.remove()

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from .bundle import Bundle, backbone_for, load_bundle
 from .cache.format import default_path
 from .cache.reader import open_cache
 from .data.folders import Dataset, scan_unlabelled
 from .errors import ConfigError
+from .evaluation import Tally, metrics_line
 from .execution.exported import check
 from .files import durable_write
 from .plots import confusion_matrix_png
@@ -36,11 +37,18 @@ class ScoreResult:
     n_failed: int
     seconds: float
     predicted: dict[str, int]          # class -> number of images predicted as it
-    accuracy: float | None = None      # over images whose folder names their class
-    n_labelled: int = 0
+    metrics: dict | None = None        # over images whose folder names their class (``Tally``)
     failed: list[tuple[str, str]] = field(default_factory=list)
     plot: Path | None = None
     features: ExtractResult | None = None  # how the folder's feature cache was brought up to date
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics["accuracy"] if self.metrics else None
+
+    @property
+    def n_labelled(self) -> int:
+        return self.metrics["n"] if self.metrics else 0
 
     def summary(self) -> str:
         rate = (self.n_scored + self.n_failed) / self.seconds if self.seconds else 0.0
@@ -48,8 +56,8 @@ class ScoreResult:
                  f"{rate:.1f} img/s -> {self.csv}",
                  *([f"features: {self.features.summary()}"] if self.features else []),
                  "predicted: " + ", ".join(f"{c} {n}" for c, n in self.predicted.items())]
-        if self.accuracy is not None:
-            lines.append(f"accuracy on {self.n_labelled} labelled images: {self.accuracy:.4f}")
+        if self.metrics:
+            lines.append(metrics_line("labelled", self.metrics) + f" -> {metrics_path(self.csv)}")
         lines += [f"skipped {path}: {err}" for path, err in self.failed]
         return "\n".join(lines)
 
@@ -75,7 +83,7 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
     csv_path = Path(out) if out else scores / _csv_name(folder, b)
-    _check_csv_path(csv_path)
+    check_csv_path(csv_path)
     extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
                              dataset, model, dtype, runtime, desc="score")
     fc = open_cache(extracted.path, identity=b.identity, in_memory=False)
@@ -84,21 +92,28 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
         proba[rows] = b.predict_proba(features)
     rows = dict(zip(fc.paths, proba, strict=True))
     try:
-        truth, guess, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))
+        tally, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))
+        found = tally.result() if tally.confusion.any() else None
+        if found:
+            with durable_write(metrics_path(csv_path)) as tmp:
+                tmp.write_text(json.dumps(found, indent=1))
     except OSError as e:
         raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another --out; "
                           f"the features are kept in {extracted.path}, so the next run only "
                           f"classifies") from e
     result = ScoreResult(csv_path, len(rows), len(fc.failed), time.perf_counter() - start,
                          {c: int(n) for c, n in zip(b.classes, counts, strict=True)},
-                         failed=fc.failed, features=extracted)
-    if truth:
-        result.accuracy = float(np.mean(np.array(truth) == np.array(guess)))
-        result.n_labelled = len(truth)
-        matrix = confusion_matrix(truth, guess, labels=range(len(b.classes)))
-        result.plot = confusion_matrix_png(matrix, b.classes, csv_path.with_suffix(".png"),
-                                           f"{folder.name}: accuracy {result.accuracy:.3f}")
+                         metrics=found, failed=fc.failed, features=extracted)
+    if found:
+        result.plot = confusion_matrix_png(np.array(found["confusion"]), b.classes,
+                                           csv_path.with_suffix(".png"),
+                                           f"{folder.name}: accuracy {found['accuracy']:.3f}")
     return result
+
+
+def metrics_path(csv_path: Path) -> Path:
+    """Where the metrics of a scored folder's labelled images go: beside its CSV."""
+    return csv_path.with_suffix(".metrics.json")
 
 
 def _csv_name(folder: Path, bundle: Bundle) -> str:
@@ -108,7 +123,7 @@ def _csv_name(folder: Path, bundle: Bundle) -> str:
     return f"{folder.resolve().name}-{bundle_path.name}-{hashlib.sha256(key).hexdigest()[:8]}.csv"
 
 
-def _check_csv_path(path: Path) -> None:
+def check_csv_path(path: Path) -> None:
     """Refuse, before any image is read, a CSV path that cannot be written."""
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
@@ -125,19 +140,19 @@ def _check_csv_path(path: Path) -> None:
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA) else text
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
-               errors: dict[str, str]) -> tuple[list[int], list[int], np.ndarray]:
+               errors: dict[str, str]) -> tuple[Tally, np.ndarray]:
     """One row per image: its path, the predicted class, its label where its folder names one,
-    each class's probability, and why it was skipped; returns the labels and predictions of the
-    labelled images, and how many images each class was predicted for."""
+    each class's probability, and why it was skipped; returns the metrics of the labelled
+    images, and how many images each class was predicted for."""
     labelled = any(s.label >= 0 for s in dataset.samples)
     counts = np.zeros(len(classes), int)
     truth: list[int] = []
-    guess: list[int] = []
+    known: list[np.ndarray] = []
     # A file name that is not valid UTF-8 is written as its own bytes, as the file system has it.
     with durable_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                           errors="surrogateescape") as f:
@@ -146,15 +161,18 @@ def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str,
                     *(f"p_{c}" for c in classes), "error"])
         for s in dataset.samples:
             name = s.path.as_posix()
-            label = [_cell(classes[s.label]) if s.label >= 0 else ""] if labelled else []
+            label = [cell(classes[s.label]) if s.label >= 0 else ""] if labelled else []
             if name in errors:
-                w.writerow([_cell(name), "", *label, *[""] * len(classes), _cell(errors[name])])
+                w.writerow([cell(name), "", *label, *[""] * len(classes), cell(errors[name])])
                 continue
             p = rows[name]
             k = int(p.argmax())
             counts[k] += 1
             if s.label >= 0:
                 truth.append(s.label)
-                guess.append(k)
-            w.writerow([_cell(name), _cell(classes[k]), *label, *(f"{v:.6f}" for v in p), ""])
-    return truth, guess, counts
+                known.append(p)
+            w.writerow([cell(name), cell(classes[k]), *label, *(f"{v:.6f}" for v in p), ""])
+    tally = Tally(classes)
+    if truth:
+        tally.add(np.array(truth), np.array(known))
+    return tally, counts

@@ -41,7 +41,7 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     code, out, _ = run(capsys, "fit-head", cache, "--model", "svm", "-p", "C=0.1")
     bundle = re.search(r"-> (\S+)$", out, re.M).group(1)
     assert code == 0 and bundle == cache.replace(".h5", ".svm")
-    assert re.search(r"^val    n=6      accuracy=1.0000", out, re.M)
+    assert re.search(r"^val       n=6      accuracy=1.0000 \(95% CI 0.610-1.000\)", out, re.M)
     assert featx.load_bundle(bundle).info["params"] == {"C": 0.1}
 
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
@@ -50,9 +50,11 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     assert re.fullmatch(r"features: extracted 6 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s on "
                         r"[\w+]+ -> "
                         r"cache/scores/val-efficientnet_lite0-avg-\w{10}\.h5", out.splitlines()[1])
-    assert out.splitlines()[2:] == ["predicted: blue 3, red 3", "accuracy on 6 labelled images: 1.0000",
-                                    "skipped red/zero.jpg: OSError: empty file (0 bytes)"]
-    assert (tmp_path / "scores.csv").is_file()
+    assert out.splitlines()[2] == "predicted: blue 3, red 3"
+    assert re.fullmatch(r"labelled  n=6      accuracy=1.0000 \(95% CI 0.610-1.000\) .* -> "
+                        r"scores.metrics.json", out.splitlines()[3])
+    assert out.splitlines()[4:] == ["skipped red/zero.jpg: OSError: empty file (0 bytes)"]
+    assert (tmp_path / "scores.csv").is_file() and (tmp_path / "scores.metrics.json").is_file()
 
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],
                        "--out", "scores.csv")
@@ -74,7 +76,7 @@ def test_finetune_end_to_end(capsys, tmp_path):
                                            "loss", "val", "acc", "seconds", "img/s"]
     assert re.search(rf"-> {re.escape(bundle)}\.finetuned$", out, re.M)
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle + ".finetuned", *fast)
-    assert code == 0 and "accuracy on 4 labelled images" in out
+    assert code == 0 and re.search(r"^labelled  n=4      accuracy=", out, re.M)
 
     code, _, err = run(capsys, "finetune", str(data), "--from", bundle, "--augment", "blur", *fast)
     assert code == 1 and err == "featx: error: unknown augmentation blur: choose from crop, flip, " \

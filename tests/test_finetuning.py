@@ -142,7 +142,7 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
         p.numel() for p in featx.load_backbone(weights="none").parameters()) + 1280 * 2 + 2
     assert sorted(p.name for p in r.bundle.iterdir()) == [
         "backbone.safetensors", "bundle.json", "confusion_val.png", "head.safetensors",
-        "history.csv", "history.json", "history.png"]  # the checkpoint went with the run's folder
+        "history.csv", "history.json", "history.png", "predictions.csv"]  # no checkpoint: gone with the run
     assert re.search(r"val accuracy: head 1.0000 -> fine-tuned 1.0000 \(best epoch \d", r.summary())
 
     tuned = featx.load_bundle(r.bundle)

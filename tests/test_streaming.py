@@ -76,7 +76,7 @@ def test_blocks_hold_exactly_the_rows_of_each_split(blobs, reads):
 
 
 def test_streamed_linear_head_matches_the_in_memory_one(blobs, caplog):
-    memory = featx.fit_head(blobs, model="linear", params={"epochs": 5}, out="memory")
+    memory = featx.fit_head(blobs, model="linear", params={"epochs": 5}, out="memory", search=False)
     with caplog.at_level(logging.INFO, logger="featx"):
         streamed = featx.fit_head(blobs, model="linear", params={"epochs": 5}, out="streamed",
                                   max_memory=1 << 20)
@@ -90,7 +90,7 @@ def test_streamed_linear_head_matches_the_in_memory_one(blobs, caplog):
         assert streamed.metrics[split]["n"] == m["n"]
         assert streamed.metrics[split]["accuracy"] == pytest.approx(m["accuracy"], abs=1e-3)
         assert streamed.metrics[split]["loss"] == pytest.approx(m["loss"], rel=1e-3)
-    assert streamed.plot.name == "confusion_val.png"
+    assert streamed.plots[0].name == "confusion_val.png"
 
 
 def test_streaming_never_holds_the_matrix(tmp_path, monkeypatch, reads):
@@ -101,7 +101,7 @@ def test_streaming_never_holds_the_matrix(tmp_path, monkeypatch, reads):
     def peak(**kwargs) -> tuple[int, featx.FitResult]:
         tracemalloc.start()
         try:
-            r = featx.fit_head(cache, model="linear", params={"epochs": 2}, **kwargs)
+            r = featx.fit_head(cache, model="linear", params={"epochs": 2}, search=False, **kwargs)
             return tracemalloc.get_traced_memory()[1], r
         finally:
             tracemalloc.stop()

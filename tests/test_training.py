@@ -21,13 +21,16 @@ def split_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("model", list(featx.HEADS))
 def test_fit_evaluates_each_split_and_writes_a_bundle(split_cache, model):
-    r = featx.fit_head(split_cache, model=model, params={"n_neighbors": 3} if model == "knn" else None)
+    r = featx.fit_head(split_cache, model=model, params={"n_neighbors": 3} if model == "knn" else None,
+                       search=False)
     assert r.bundle == split_cache.with_suffix(f".{model}")
     assert {s: m["n"] for s, m in r.metrics.items()} == {"train": 12, "val": 6, "test": 4}
     assert r.metrics["val"]["accuracy"] == 1.0  # red vs blue: any head gets it
-    assert (r.bundle / "bundle.json").is_file() and r.plot == r.bundle / "confusion_val.png"
-    assert r.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "val    n=6      accuracy=1.0000" in r.summary()
+    assert (r.bundle / "bundle.json").is_file() and r.plots[0] == r.bundle / "confusion_val.png"
+    for png in r.plots:  # the torch heads' training curves too
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(r.plots) == (2 if model in ("linear", "mlp") else 1)
+    assert "val       n=6      accuracy=1.0000 (95% CI 0.610-1.000)" in r.summary()
 
     b = featx.load_bundle(r.bundle)
     fc = featx.open_cache(split_cache)
@@ -38,7 +41,7 @@ def test_fit_evaluates_each_split_and_writes_a_bundle(split_cache, model):
 
 def test_a_pool_is_split_seeded_and_stratified(pool_folder):
     cache = featx.extract(pool_folder, **FAST).path
-    a = featx.fit_head(cache, val_split=0.25, seed=3)
+    a = featx.fit_head(cache, val_split=0.25, seed=3, search=False)
     assert {s: m["n"] for s, m in a.metrics.items()} == {"train": 9, "val": 3}
     assert featx.load_bundle(a.bundle).info["val_split"] == 0.25
 
@@ -50,6 +53,7 @@ def test_a_pool_is_split_seeded_and_stratified(pool_folder):
 
 def test_out_chooses_the_bundle_folder(split_cache, tmp_path):
     r = featx.fit_head(split_cache, model="logistic", params={"C": 0.5}, out=tmp_path / "my model")
+    assert r.search is None  # C given: nothing left to search
     assert r.bundle == tmp_path / "my model"
     assert featx.load_bundle(r.bundle).info["params"] == {"C": 0.5}
 
@@ -61,14 +65,12 @@ def test_one_class_is_refused(tmp_path):
         featx.fit_head(cache)
 
 
-def test_a_class_with_one_image_cannot_be_split(tmp_path):
+def test_classes_of_one_image_each_leave_nothing_to_validate_on(tmp_path):
     root = write_folder(tmp_path / "few", {"": 1})
     cache = featx.extract(root, **FAST).path
-    with pytest.raises(featx.DataError, match="a class has a single training image, too few to hold one "
-                                              "out for validation: add images, or pass --val-split 0"):
-        featx.fit_head(cache)
-    r = featx.fit_head(cache, val_split=0)
-    assert list(r.metrics) == ["train"] and r.plot.name == "confusion_train.png"
+    r = featx.fit_head(cache)  # each single image stays in train
+    assert list(r.metrics) == ["train"] and r.plots[0].name == "confusion_train.png"
+    assert r.search is None
 
 
 def test_bad_val_split(split_cache, pool_folder):

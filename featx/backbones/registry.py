@@ -12,6 +12,7 @@ from ..errors import UnknownBackboneError
 from .spec import BackboneSpec
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+TOP_LABELS = 5  # the ImageNet labels `featx classify` gives per image
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 _BUILTIN_LOADED = False

@@ -15,7 +15,8 @@ Layout (all row datasets have one row per successfully read image, in the same o
     /failed/errors     str, why
     attributes         the feature identity (backbone, weights_sha256, pool, feature_dim,
                        input_size, preprocessing as JSON), dtype, config_key, format_version,
-                       complete, provenance (see ``writer.write``)
+                       complete, provenance (see ``writer.write``), the image folder (``data`` its name,
+                       ``data_path`` relative to the cache, ``data_id`` a hash of its absolute path)
 
 Strings are stored as UTF-8; a file name that is not valid UTF-8 keeps its own bytes, so it is
 read back with ``errors="surrogateescape"``. A cache is only ever written whole under a temporary
@@ -56,6 +57,17 @@ def data_id(data_root: Path) -> str:
     """Which image folder a cache was made from, as a cache records it: a hash of its absolute
     path, which tells folders apart without writing down anyone's folders."""
     return hashlib.sha256(os.fsencode(data_root.resolve())).hexdigest()[:16]
+
+
+def data_folder(path: Path, attrs: dict) -> Path | None:
+    """The image folder the cache at ``path`` was made from, where it still is: the cache
+    records it relative to itself (``data_path``), so that moving both together keeps the link
+    and no one's home folder is written down; None when it is not found there."""
+    relative = attrs.get("data_path")
+    if not relative:
+        return None
+    folder = (Path(path).parent / str(relative)).resolve()
+    return folder if folder.is_dir() and data_id(folder) == attrs.get("data_id") else None
 
 
 def encoded(strings) -> list[bytes]:

@@ -5,14 +5,15 @@ stopped; and the history as JSON, CSV and a picture."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
+from ..evaluation import Predictions
 from ..plots import history_png
 from ..state_file import load_state, save_state
 from .loop import Trainer
@@ -25,12 +26,18 @@ CHECKPOINT = "checkpoint.safetensors"
 WORK_FILES = (CHECKPOINT, "history.json", "history.csv", "history.png")
 
 
-def snapshot(epoch: int, val_metrics: dict, labels: np.ndarray, proba: np.ndarray,
-             model: Classifier) -> dict:
+def snapshot(epoch: int, val_metrics: dict, predictions: Predictions, model: Classifier) -> dict:
     """What is kept of the best epoch: its weights, and its validation predictions."""
-    return dict(epoch=epoch, metrics=val_metrics, labels=torch.from_numpy(labels),
-                proba=torch.from_numpy(proba),
+    return dict(epoch=epoch, metrics=val_metrics, predictions=dataclasses.asdict(predictions),
                 state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def predictions(best: dict) -> Predictions:
+    """The best epoch's validation predictions, as ``snapshot`` kept them (or a checkpoint
+    gave them back, as tensors)."""
+    kept = best["predictions"]
+    return Predictions(list(kept["paths"]),
+                       *(np.asarray(kept[k]) for k in ("labels", "predicted", "confidence")))
 
 
 def write_history(history: list[dict], out: Path, title: str) -> Path:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.folders import Dataset
 from ..errors import DataError
-from ..evaluation import metrics
+from ..evaluation import Predictions, metrics
+from ..progress import Bar
 from ..runner import run_batches
 from ..runtime import Runtime, autocast_for
 from .model import Classifier
@@ -53,7 +53,7 @@ class Trainer:
         return logits.detach(), loss.item()
 
 
-def train_epoch(model: Classifier, loader, targets: torch.Tensor, trainer: Trainer, bar: tqdm) -> Epoch:
+def train_epoch(model: Classifier, loader, targets: torch.Tensor, trainer: Trainer, bar: Bar) -> Epoch:
     total_loss, correct, seen, skipped = 0.0, 0, 0, 0
     lr = trainer.optimizer.param_groups[0]["lr"]
     for batch in loader:
@@ -74,10 +74,9 @@ def train_epoch(model: Classifier, loader, targets: torch.Tensor, trainer: Train
     return Epoch(total_loss / seen, correct / seen, seen, skipped, lr)
 
 
-def evaluate(model: Classifier, subset: Dataset, runtime: Runtime, desc: str
-             ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics over ``subset`` with the plain (unaugmented) crop, and the labels and
-    probabilities they came from. The backbone runs as it is (``eager``): it is being trained."""
+def evaluate(model: Classifier, subset: Dataset, runtime: Runtime, desc: str) -> tuple[dict, Predictions]:
+    """Metrics over ``subset`` with the plain (unaugmented) crop, and the predictions they came
+    from. The backbone runs as it is (``eager``): it is being trained."""
     model.eval()
     device = runtime.torch_device()
     idx, proba = [], []
@@ -92,4 +91,5 @@ def evaluate(model: Classifier, subset: Dataset, runtime: Runtime, desc: str
         raise DataError(f"no {desc} image could be read: `featx extract` lists why")
     y = np.array([subset.samples[i].label for i in idx])
     proba = np.concatenate(proba)
-    return metrics(y, proba, len(subset.classes)), y, proba
+    return (metrics(y, proba, list(subset.classes)),
+            Predictions.of([subset.samples[i].path.as_posix() for i in idx], y, proba))

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix
-from tqdm.auto import tqdm
+from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
 from ..bundle import Bundle, backbone_for, check_out, load_bundle
@@ -28,10 +27,13 @@ from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
 from ..data.readers import ImageReader, collate
 from ..errors import BundleError, CacheError, DataError
-from ..evaluation import split_digest, split_indices
+from ..evaluation import PREDICTIONS_FILE, Predictions, split_digest, split_indices, write_predictions
+from ..heads.registry import make_head
 from ..heads.torch_head import TorchHead, as_torch_head
 from ..plots import confusion_matrix_png
+from ..progress import progress_bar
 from ..runtime import Runtime, autocast_for
+from ..tensorboard import Board
 from . import checkpoint, loop
 from .model import Classifier, param_groups, resolve_unfreeze, schedule, train_mode
 from .recipe import Recipe
@@ -118,6 +120,26 @@ def _source(data: str | os.PathLike, bundle: str | os.PathLike | Bundle) -> tupl
     return source, dataset
 
 
+def _head_fitted_on_train(bundle: Bundle) -> BaseEstimator:
+    """The bundle's head as fitted on train alone: its own, or, where a search fitted the chosen
+    setting again on train+val, that setting fitted on train once more (seconds, from its cache),
+    so that fine-tuning starts from a head that has not seen the images it is judged on."""
+    info = bundle.info
+    if info.get("fitted_on") != "train+val":
+        return bundle.head
+    try:
+        fc = open_cache(info.get("cache", ""))
+    except CacheError as e:
+        raise DataError(f"the head in {bundle.path} was fitted on train+val, and fine-tuning "
+                        f"starts from its setting fitted on train alone, which needs its cache "
+                        f"({e}): fit the head again with --no-search") from e
+    train = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))["train"]
+    head = make_head(bundle.model, **info.get("params", {}))
+    log.info("%s was fitted on train+val: fine-tuning starts from its setting fitted on the %d "
+             "train images alone", bundle.path, len(train))
+    return head.fit(fc.features[train], fc.labels[train])
+
+
 @dataclass
 class _Run:
     """A fine-tune being run: what it trains, on what, how, and where it writes."""
@@ -140,7 +162,7 @@ class _Run:
 
 def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out: Path,
              recipe: Recipe, runtime: Runtime) -> _Run:
-    head = as_torch_head(source.head)
+    head = as_torch_head(_head_fitted_on_train(source))
     extractor = backbone_for(source)
     model = Classifier(extractor, head.module_)
     unfreeze, top = resolve_unfreeze(recipe.unfreeze, extractor)
@@ -170,15 +192,15 @@ def _start(run: _Run, resume: bool) -> tuple[list[dict], dict]:
     if resume:
         return checkpoint.resume(run.checkpoint, run.config, run.model, run.trainer)
     t0 = time.perf_counter()
-    val_metrics, y, proba = loop.evaluate(run.model, run.val, run.runtime, "val")
+    val_metrics, predictions = loop.evaluate(run.model, run.val, run.runtime, "val")
     history = [dict(epoch=0, lr=None, train_loss=None, train_accuracy=None,
                     val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
                     seconds=time.perf_counter() - t0, images_per_second=None)]
-    return history, checkpoint.snapshot(0, val_metrics, y, proba, run.model)
+    return history, checkpoint.snapshot(0, val_metrics, predictions, run.model)
 
 
 def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
-    """Train one epoch and validate it: its history row, and (metrics, labels, probabilities)."""
+    """Train one epoch and validate it: its history row, and (metrics, predictions)."""
     t0, recipe, device = time.perf_counter(), run.recipe, run.trainer.device
     # Shuffling, augmentation (per image) and dropout are seeded by epoch, so a resumed run sees
     # what the uninterrupted run would have, with any number of workers.
@@ -194,8 +216,7 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
             num_workers=run.runtime.workers_for(math.ceil(len(reader) / recipe.batch_size)),
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
         train_mode(run.model, run.top, recipe.train_bn)
-        with tqdm(total=len(reader), unit="img", desc=f"epoch {epoch}/{recipe.epochs}",
-                  disable=not run.runtime.progress, dynamic_ncols=True) as bar:
+        with progress_bar(len(reader), f"epoch {epoch}/{recipe.epochs}", enabled=run.runtime.progress) as bar:
             done = loop.train_epoch(run.model, loader, targets, run.trainer, bar)
     train_seconds = time.perf_counter() - t0
     val = loop.evaluate(run.model, run.val, run.runtime, "val")
@@ -205,12 +226,14 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
                 images_per_second=(done.images + done.skipped) / train_seconds), val
 
 
-def _train(run: _Run, history: list[dict], best: dict, title: str) -> dict:
+def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board | None) -> dict:
     """Epochs until the last or until ``patience`` epochs bring no better validation accuracy,
-    a checkpoint after each; returns the best epoch's snapshot."""
+    a checkpoint after each (and its figures to ``board``); returns the best epoch's snapshot."""
     def save() -> None:
         checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, best)
         checkpoint.write_history(history, run.out, title)
+        if board is not None:
+            board.epoch(history[-1])
 
     try:
         save()
@@ -218,11 +241,11 @@ def _train(run: _Run, history: list[dict], best: dict, title: str) -> dict:
             if epoch - 1 - best["epoch"] >= run.recipe.patience:
                 log.info("stopping early: no better validation accuracy for %d epochs", run.recipe.patience)
                 break
-            row, (val_metrics, y, proba) = _epoch(run, epoch)
+            row, (val_metrics, predictions) = _epoch(run, epoch)
             history.append(row)
             if (val_metrics["accuracy"], -val_metrics["loss"]) > \
                     (best["metrics"]["accuracy"], -best["metrics"]["loss"]):
-                best = checkpoint.snapshot(epoch, val_metrics, y, proba, run.model)
+                best = checkpoint.snapshot(epoch, val_metrics, predictions, run.model)
             save()
     except BaseException:
         if run.checkpoint.exists():
@@ -232,26 +255,27 @@ def _train(run: _Run, history: list[dict], best: dict, title: str) -> dict:
     return best
 
 
-def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, history: list[dict],
-                  title: str, info: dict) -> list[Path]:
+def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, held: dict[str, Predictions],
+                  history: list[dict], title: str, info: dict) -> list[Path]:
     """The fine-tuned bundle, written whole over the run's folder (its checkpoint goes with the
-    old folder): backbone, head, history and the validation confusion PNG, then bundle.json."""
+    old folder): backbone, head, history, the validation confusion PNG and the held-out
+    predictions, then bundle.json."""
     run.model.cpu()
     extractor = run.model.extractor
     run.head.module_.eval()
     bundle = Bundle(identity=extractor.identity(), classes=list(source.classes), head=run.head,
                     model="mlp" if run.head.hidden else "linear", metrics=results, info=info)
-    matrix = confusion_matrix(best["labels"].numpy(), best["proba"].numpy().argmax(1),
-                              labels=range(len(source.classes)))
 
     def backbone_and_pictures(folder: Path) -> None:
         weights = save_weights(extractor, folder / BACKBONE_FILE)
         bundle.identity = dataclasses.replace(bundle.identity, weights_sha256=weights.sha256,
                                               weights_file=BACKBONE_FILE)
         checkpoint.write_history(history, folder, title)
-        confusion_matrix_png(matrix, list(source.classes), folder / "confusion_val.png",
+        confusion_matrix_png(np.array(best["metrics"]["confusion"]), list(source.classes),
+                             folder / "confusion_val.png",
                              f"fine-tuned {extractor.spec.name}: val accuracy "
                              f"{best['metrics']['accuracy']:.3f} (epoch {best['epoch']})")
+        write_predictions(folder / PREDICTIONS_FILE, held, list(source.classes))
 
     bundle.save(run.out, backbone_and_pictures, own=checkpoint.WORK_FILES)
     return [run.out / "history.png", run.out / "confusion_val.png"]
@@ -259,13 +283,15 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, history:
 
 def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
              out: str | os.PathLike | None = None, recipe: Recipe | None = None, resume: bool = False,
-             runtime: Runtime | None = None) -> FinetuneResult:
+             runtime: Runtime | None = None, tensorboard: str | os.PathLike | None = None
+             ) -> FinetuneResult:
     """Fine-tune the backbone of ``bundle`` together with its head on the images in ``data``, and
     write a new bundle (default: ``<bundle>.finetuned``) holding the fine-tuned backbone.
 
     ``recipe``: what to train and how (``Recipe``'s measured defaults when None). ``resume``:
     continue the interrupted run in ``out``. ``runtime``: device, workers and progress; the base
     runs eagerly, being trained, and validates at the recipe's batch size unless it says one.
+    ``tensorboard``: a folder for each epoch's figures and the confusion matrix.
     """
     start = time.perf_counter()
     recipe, runtime = recipe or Recipe(), runtime or Runtime()
@@ -273,6 +299,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     parts = _partition(dataset, source)
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
     check_out(out, own=checkpoint.WORK_FILES)  # before hours of training, not after
+    board = Board(tensorboard) if tensorboard is not None else None
     run = _prepare(source, dataset, parts, out, recipe, runtime)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in run.model.parameters()) - trainable
@@ -282,15 +309,20 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
              f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
     history, best = _start(run, resume)
     title = f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}"
-    best = _train(run, history, best, title)
+    best = _train(run, history, best, title, board)
     run.model.load_state_dict(best["state"])
-    results = {"val": best["metrics"]}
+    results, held = {"val": best["metrics"]}, {"val": checkpoint.predictions(best)}
     if "test" in parts:
-        results["test"], _, _ = loop.evaluate(run.model, dataset.subset(parts["test"]), run.runtime, "test")
-    plots = _write_bundle(run, source, results, best, history, title, info=dict(
+        results["test"], held["test"] = loop.evaluate(run.model, dataset.subset(parts["test"]),
+                                                      run.runtime, "test")
+    plots = _write_bundle(run, source, results, best, held, history, title, info=dict(
         finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
         # Where its validation images are recorded, so the result can be fine-tuned again.
         **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
-        best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv"))
+        best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv",
+        trainable=trainable, frozen=frozen, timings=dict(finetune=time.perf_counter() - start)))
+    if board is not None:
+        board.picture("confusion", out / "confusion_val.png", best["epoch"])
+        board.close()
     return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
                           frozen, time.perf_counter() - start, plots)

@@ -1,7 +1,10 @@
 """Stage two: fit a head on a feature cache, evaluate it on each split, and write a model bundle.
 
-A cache whose features fit the memory budget is read whole; a larger one is streamed from disk a
-block of rows at a time, to the heads that can learn that way (the torch heads, by ``partial_fit``).
+Where a search costs seconds (a cache of up to ``AUTO_SEARCH_VALUES`` training values) the head's
+settings are searched on validation first (``search``), and the chosen one is fitted again on
+train and validation together. A cache whose features fit the memory budget is read whole; a
+larger one is streamed from disk a block of rows at a time, to the heads that can learn that way
+(the torch heads, by ``partial_fit``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle, check_out
+from ..cache.format import data_folder
 from ..cache.reader import FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
-from ..evaluation import split_digest, split_indices
+from ..evaluation import PREDICTIONS_FILE, metrics_line, split_digest, split_indices, write_predictions
 from ..files import size_text
 from ..heads.registry import DEFAULT_HEAD, make_head
 from ..heads.torch_head import TorchHead
-from ..plots import confusion_matrix_png
-from .options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
+from ..plots import confusion_matrix_png, history_png, search_png
+from ..tensorboard import Board
+from .options import AUTO_SEARCH_VALUES, MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
+from .search import COST, SearchResult, probe
 from .streaming import batch_rows, evaluate, fit_streamed
 
 log = logging.getLogger(__name__)
@@ -31,13 +37,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class FitResult:
     bundle: Path
-    metrics: dict        # split -> {"n", "accuracy", "loss"}
+    metrics: dict        # split -> metrics (``evaluation.Tally``); "train+val" after a search
     seconds: float
-    plot: Path | None
+    plots: list[Path]    # the confusion matrix first
+    search: SearchResult | None = None
 
     def summary(self) -> str:
-        lines = [f"{split:5s}  n={m['n']:<6d} accuracy={m['accuracy']:.4f}  loss={m['loss']:.4f}"
-                 for split, m in self.metrics.items()]
+        lines = [self.search.table()] if self.search else []
+        lines += [metrics_line(split, m) for split, m in self.metrics.items()]
+        if self.search:
+            chosen = ", ".join(f"{k}={v:g}" for k, v in self.search.best.params.items())
+            lines.append(f"chosen on val: {chosen}; then fitted on train+val (val figures are the "
+                         f"chosen setting's, fitted on train alone)")
         return "\n".join([*lines, f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
 
 
@@ -55,14 +66,41 @@ def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray]) -> np.ndarray:
     return train
 
 
-def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, max_memory: int):
-    """Fit ``head`` on the rows ``train``, in memory or streamed; return the features as they
-    stay for evaluation (in memory, or on disk) and the batch size to read them in."""
+def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[str, np.ndarray],
+               max_memory: int) -> bool:
+    """Whether to search: as asked, else where it costs seconds; never without validation."""
+    if wanted is False:
+        return False
+    if "val" not in parts:
+        if wanted:
+            log.info("no validation images to search on (--val-split 0): fitting the given settings")
+        return False
+    if fc.features.nbytes > max_memory:
+        if wanted:
+            raise ConfigError(f"{fc.path}: --search needs the features in memory, and they take "
+                              f"{size_text(fc.features.nbytes)}, more than --max-memory: raise it")
+        return False
+    values = len(parts["train"]) * fc.features.shape[1] * COST.get(model, 1)
+    if wanted is None and values > AUTO_SEARCH_VALUES:
+        log.info("%s: %d training images: fitting the head's defaults without a search (--search "
+                 "to search, which fits it about 10 times)", fc.path, len(parts["train"]))
+        return False
+    return True
+
+
+def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, max_memory: int,
+         eval_rows: np.ndarray | None = None):
+    """Fit ``head`` on the rows ``train``, in memory or streamed (a torch head in memory is
+    measured on ``eval_rows`` after every epoch); return the features as they stay for
+    evaluation (in memory, or on disk) and the batch size to read them in."""
     features = fc.features
     size = batch_rows(features, max_memory)
     if features.nbytes <= max_memory:
         features = features.read()
-        head.fit(features[train], fc.labels[train])
+        if isinstance(head, TorchHead) and eval_rows is not None:
+            head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
+        else:
+            head.fit(features[train], fc.labels[train])
     elif isinstance(head, TorchHead):
         if "epochs" not in params:
             head.set_params(epochs=STREAM_EPOCHS)
@@ -80,42 +118,97 @@ def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, ma
 
 def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict | None = None,
              val_split: float = VAL_SPLIT, seed: int = SEED, out: str | os.PathLike | None = None,
-             max_memory: int = MAX_MEMORY) -> FitResult:
+             max_memory: int = MAX_MEMORY, search: bool | None = None,
+             tensorboard: str | os.PathLike | None = None) -> FitResult:
     """Fit head ``model`` on the cache's train split and write a bundle (default: beside the cache).
 
     Validation uses the cache's ``val`` split, else a seeded stratified ``val_split`` of train;
-    the ``test`` split, when present, is only evaluated. Features larger than ``max_memory``
-    bytes are streamed from disk: the linear and mlp heads learn from them a shuffled batch of
-    about an eighth of ``max_memory`` at a time, for ``STREAM_EPOCHS`` epochs unless ``params``
-    say; the other heads need them all in memory and refuse. Evaluation goes by the same batches.
+    the ``test`` split, when present, is only evaluated. ``search``: try the head's settings
+    (``search.GRIDS``, besides those ``params`` fix) on validation, keep the best, and fit it again
+    on train and validation together; None: where that costs seconds. Features larger than
+    ``max_memory`` bytes are streamed from disk: the linear and mlp heads learn from them a
+    shuffled batch of about an eighth of ``max_memory`` at a time, for ``STREAM_EPOCHS`` epochs
+    unless ``params`` say; the other heads need them all in memory and refuse. Evaluation goes
+    by the same batches. ``tensorboard``: a folder for a torch head's curves and confusion matrix.
     """
     start = time.perf_counter()
     params = params or {}
     fc = open_cache(cache, in_memory=False)
     path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")
     check_out(path)
-    head = make_head(model, **params)
+    # A misspelt parameter, or logs that cannot be written, fail before any work.
+    if not isinstance(make_head(model, **params), TorchHead) and tensorboard is not None:
+        raise ConfigError(f"--tensorboard logs the epochs of the linear and mlp heads (and of "
+                          f"fine-tuning); a {model} head has none: leave it out")
+    board = Board(tensorboard) if tensorboard is not None else None
     if not len(fc.labels):
         raise DataError(f"{fc.path} holds no features: all {len(fc.failed)} of its images were "
                         f"skipped as unreadable (`featx check DATA` lists why)")
     parts = split_indices(fc.splits, fc.labels, val_split, seed)
-    bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
-                    info=dict(cache=str(Path(fc.path).resolve()), params=params,
-                              val_split=val_split if "val" not in fc.splits else None, seed=seed,
-                              split_sha256=split_digest(fc.paths, parts)))
+    train = _train_rows(fc, parts)
+    found, timings = None, {}
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
-        features, size = _fit(head, model, fc, _train_rows(fc, parts), params, max_memory)
-        bundle.metrics, confusion = evaluate(bundle, features, fc.labels, parts, size)
+        if _searching(search, model, fc, parts, max_memory):
+            t0 = time.perf_counter()
+            found = probe(model, params, fc.features.read(), fc.labels, train, parts["val"],
+                           fc.classes, fc.paths)
+            timings["search"] = time.perf_counter() - t0
+        chosen = {**params, **(found.best.params if found else {})}
+        head = make_head(model, **chosen)
+        fitted = dict(parts)  # the rows each figure is measured on
+        if found:  # the chosen setting learns from validation too
+            fitted = {"train+val": np.sort(np.concatenate([train, fitted.pop("val")])),
+                      **{k: v for k, v in fitted.items() if k != "train"}}
+        bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model, info=dict(
+            cache=str(Path(fc.path).resolve()), params=chosen,
+            val_split=val_split if "val" not in fc.splits else None, seed=seed,
+            split_sha256=split_digest(fc.paths, parts),
+            fitted_on="train+val" if found else "train", timings=timings,
+            **({"search": dict(trials=[t.to_dict() for t in found.trials], chosen=found.best.params)}
+               if found else {}),
+            **({"data": str(data)} if (data := data_folder(fc.path, fc.attrs)) else {})))
+        t0 = time.perf_counter()
+        features, size = _fit(head, model, fc, fitted.get("train+val", train), params, max_memory,
+                              None if found else parts.get("val"))
+        timings["fit"] = time.perf_counter() - t0
+        bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
     except FeatxError:
         raise
     except (ValueError, TypeError) as e:
         given = " ".join(f"-p {k}={v}" for k, v in params.items()) or "its default parameters"
         raise ConfigError(f"the {model} head cannot be fitted with {given} ({first_line(e)}): "
                           f"change them") from e
-    shown = "val" if "val" in parts else "train"
-    picture = f"confusion_{shown}.png"
-    bundle.save(path, lambda folder: confusion_matrix_png(
-        confusion[shown], fc.classes, folder / picture,
-        f"{model} on {fc.attrs['backbone']}: {shown} accuracy {bundle.metrics[shown]['accuracy']:.3f}"))
-    plot = path / picture
-    return FitResult(path, bundle.metrics, time.perf_counter() - start, plot)
+    if found:  # validation as the chosen setting measured it, fitted on train alone
+        bundle.metrics = {"train+val": bundle.metrics["train+val"], "val": found.best.metrics,
+                          **{k: v for k, v in bundle.metrics.items() if k == "test"}}
+        predictions = {"val": found.predictions, **predictions}
+    history = found.best.history if found else getattr(head, "history_", None)
+    plots: list[str] = []
+    bundle.save(path, lambda folder: plots.extend(_pictures(
+        folder, bundle, predictions, found, history, f"{model} on {fc.attrs['backbone']}")))
+    if board is not None:
+        for row in history or []:
+            board.epoch(row)
+        board.picture("confusion", path / plots[0], len(history or []))
+        board.close()
+    return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
+
+
+def _pictures(folder: Path, bundle: Bundle, predictions: dict, found: SearchResult | None,
+              history: list | None, title: str) -> list[str]:
+    """The bundle's pictures and held-out predictions; returns the pictures' names."""
+    shown = "val" if "val" in bundle.metrics else next(iter(bundle.metrics))
+    m = bundle.metrics[shown]
+    names = [f"confusion_{shown}.png"]
+    confusion_matrix_png(np.array(m["confusion"]), bundle.classes, folder / names[0],
+                         f"{title}: {shown} accuracy {m['accuracy']:.3f}")
+    if history:
+        names.append("history.png")
+        history_png(history, folder / names[-1], f"{title}: training curves")
+    if found:
+        names.append("search.png")
+        search_png(found.trials, found.best, folder / names[-1], f"{title}: the search on val")
+    if predictions:
+        write_predictions(folder / PREDICTIONS_FILE, predictions, bundle.classes)
+    return names
+

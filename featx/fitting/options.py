@@ -7,3 +7,6 @@ MAX_MEMORY = 1 << 30  # features larger than this are streamed from disk, not re
 STREAM_EPOCHS = 10
 VAL_SPLIT = 0.2  # of train, held out for validation when the data has no val split
 SEED = 0
+# A search fits a head about 10 times: done by default where the training features hold at most
+# this many values (a few thousand images of ~1,000 features), where it costs seconds.
+AUTO_SEARCH_VALUES = 10_000_000

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, log_loss
 from sklearn.preprocessing import StandardScaler
 
 from ..bundle import Bundle
 from ..cache.reader import DiskFeatures
+from ..evaluation import HELD_OUT, Predictions, Tally
 from ..heads.torch_head import TorchHead
 
 # Fewer blocks in a streamed batch would leave its minibatches a few classes, whatever the budget.
@@ -67,21 +67,22 @@ def fit_streamed(head: TorchHead, features: DiskFeatures, labels: np.ndarray, ro
 
 
 def evaluate(bundle: Bundle, features: np.ndarray | DiskFeatures, labels: np.ndarray,
-             parts: dict[str, np.ndarray], size: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics and confusion matrix per split, summed over batches."""
-    n_classes = len(bundle.classes)
+             parts: dict[str, np.ndarray], size: int, paths: list[str]
+             ) -> tuple[dict[str, dict], dict[str, Predictions]]:
+    """Metrics per split, summed over batches, and the predictions of the held-out splits
+    (val, test)."""
     split_of = np.full(len(labels), -1)
     for k, idx in enumerate(parts.values()):
         split_of[idx] = k
-    loss = np.zeros(len(parts))
-    confusion = np.zeros((len(parts), n_classes, n_classes), np.int64)
+    names = list(parts)
+    tallies = [Tally(bundle.classes) for _ in names]
+    held: dict[str, list[Predictions]] = {name: [] for name in names if name in HELD_OUT}
     for idx, X in batches(features, np.flatnonzero(split_of >= 0), size):
         proba, y, k = bundle.predict_proba(X), labels[idx], split_of[idx]
         for s in np.unique(k):
             sel = k == s
-            loss[s] += log_loss(y[sel], proba[sel], labels=range(n_classes), normalize=False)
-            confusion[s] += confusion_matrix(y[sel], proba[sel].argmax(1), labels=range(n_classes))
-    n = confusion.sum((1, 2))
-    found = {name: dict(n=int(n[k]), accuracy=float(np.trace(confusion[k]) / n[k]),
-                        loss=float(loss[k] / n[k])) for k, name in enumerate(parts)}
-    return found, dict(zip(parts, confusion, strict=True))
+            tallies[s].add(y[sel], proba[sel])
+            if names[s] in held:
+                held[names[s]].append(Predictions.of([paths[i] for i in idx[sel]], y[sel], proba[sel]))
+    return ({name: t.result() for name, t in zip(names, tallies, strict=True)},
+            {name: Predictions.joined(p) for name, p in held.items()})

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,6 +60,15 @@ HEADS: dict[str, Callable[..., BaseEstimator]] = {
     "svm": _svm, "knn": _knn,
 }
 DEFAULT_HEAD = "logistic"
+
+
+def class_proba(head: BaseEstimator, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """The fitted ``head``'s probabilities with one column per class number ``0..n_classes-1``
+    (zero for a class it never saw), each row summing to one in float64."""
+    proba = np.zeros((len(features), n_classes), np.float64)
+    proba[:, head.classes_] = head.predict_proba(features)
+    # float32 heads' rows sum to one only to float32 precision; metrics check at float64's.
+    return proba / proba.sum(1, keepdims=True)
 
 
 def make_head(name: str, **params) -> BaseEstimator:

@@ -84,14 +84,26 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def fit(self, X, y) -> TorchHead:
+    def fit(self, X, y, eval_set: tuple | None = None) -> TorchHead:
+        """Train ``epochs`` epochs; ``history_`` holds each one's mean training loss and, with
+        ``eval_set=(X_val, y_val)``, the loss and accuracy on it: the training curves."""
         X, y = self._validate(X, y, reset=True)
         classes, targets = np.unique(y, return_inverse=True)
         Xt = torch.from_numpy(X)
         self._start(classes, *_standardisation(Xt))
         yt = torch.from_numpy(targets)
-        for _ in range(self.epochs):
-            self._epoch(Xt, yt)
+        if eval_set is not None:
+            Xv = torch.from_numpy(validate_data(self, eval_set[0], reset=False, dtype=np.float32))
+            yv = torch.from_numpy(np.searchsorted(classes, np.asarray(eval_set[1])))
+        self.history_ = []
+        for epoch in range(1, self.epochs + 1):
+            row = dict(epoch=epoch, train_loss=self._epoch(Xt, yt))
+            if eval_set is not None:
+                with torch.inference_mode():
+                    logits = self.module_(Xv)
+                row.update(val_loss=float(nn.functional.cross_entropy(logits, yv)),
+                           val_accuracy=float((logits.argmax(1) == yv).float().mean()))
+            self.history_.append(row)
         return self
 
     def partial_fit(self, X, y, classes=None, scaler: StandardScaler | None = None) -> TorchHead:
@@ -141,7 +153,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self.module_[0].scale.copy_(scale)
         self._training = None  # a new module starts from a new optimizer and seeds
 
-    def _epoch(self, X: torch.Tensor, targets: torch.Tensor) -> None:
+    def _epoch(self, X: torch.Tensor, targets: torch.Tensor) -> float:
+        """One epoch in shuffled minibatches; returns its mean training loss."""
         # Made on first need rather than in _start: a head loaded from a bundle, or made by
         # as_torch_head, has weights but none of this, and must still be able to partial_fit.
         if getattr(self, "_training", None) is None:
@@ -155,12 +168,16 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(training.dropout)
             self.module_.train()
+            total = 0.0
             for idx in torch.randperm(len(X), generator=training.shuffle).split(self.batch_size):
                 training.optimizer.zero_grad()
-                nn.functional.cross_entropy(self.module_(X[idx]), targets[idx]).backward()
+                loss = nn.functional.cross_entropy(self.module_(X[idx]), targets[idx])
+                loss.backward()
                 training.optimizer.step()
+                total += loss.item() * len(idx)
             self.module_.eval()
             training.dropout = torch.get_rng_state()
+        return total / max(len(X), 1)
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)

@@ -1,0 +1,339 @@
+"""``featx report``: one self-contained HTML page about a bundle, to decide whether its model is
+good: what it was made from and how, its metrics with their uncertainty, and pictures (the
+confusion matrix, training curves, the search, validation images right and wrong, the most
+confidently wrong ones, samples of each class, what fine-tuning's augmentation shows the model),
+and a scored folder's results. Every picture is inlined, so the page opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .cache.reader import open_cache
+from .data.folders import scan
+from .data.images import load_rgb
+from .errors import CacheError, ConfigError, DataError
+from .evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
+from .files import durable_write
+from .finetuning.recipe import Recipe
+from .inspection import cache_counts, info
+from .plots import image_grid_png
+
+log = logging.getLogger(__name__)
+
+# The sections, in page order: (id, heading). Each is always there; one that has nothing to show
+# says why, so a reader (and the browser test) finds every one.
+SECTIONS = (("summary", "Summary"), ("data", "Data"), ("metrics", "Metrics"),
+            ("confusion", "Confusion matrix"), ("curves", "Training curves"), ("search", "Search"),
+            ("predictions", "Validation images"), ("mistakes", "Most confidently wrong"),
+            ("samples", "Samples of each class"), ("augmentation", "Augmentation"),
+            ("scores", "Scored folder"))
+GRID_IMAGES = 32        # validation images shown, the wrong ones first
+WRONG_IMAGES = 16       # most confidently wrong
+SAMPLES_PER_CLASS = 6
+SAMPLE_CLASSES = 20     # classes shown in the samples grid
+AUGMENTED_VIEWS = 6     # views per image in the augmentation preview
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    sections: list[str]
+    pictures: int
+    notes: list[str]  # what could not be shown, and why
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [f"report with {len(self.sections)} sections and {self.pictures} pictures in "
+                 f"{self.seconds:.1f} s -> {self.path}"]
+        return "\n".join(lines + [f"  {n}" for n in self.notes])
+
+
+def _img(png: Path) -> str:
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(png.stem)}">'
+
+
+def _table(header: list[str] | None, rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header or [])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{f'<thead><tr>{head}</tr></thead>' if header else ''}<tbody>{body}</tbody></table>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _metrics_table(metrics: dict) -> str:
+    extra = [k for k in (f"top{TOP_K}_accuracy", "roc_auc") if any(k in m for m in metrics.values())]
+    rows = [[split, m["n"], f"{m['accuracy']:.4f}",
+             f"{m['accuracy_ci95'][0]:.3f} to {m['accuracy_ci95'][1]:.3f}", f"{m['balanced_accuracy']:.4f}",
+             f"{m['f1_macro']:.4f}", f"{m['loss']:.4f}", *(f"{m[k]:.4f}" if k in m else "" for k in extra)]
+            for split, m in metrics.items()]
+    return _table(["split", "images", "accuracy", "95% interval", "balanced accuracy", "macro F1",
+                   "log loss", *extra], rows)
+
+
+def _per_class_table(m: dict) -> str:
+    return _table(["class", "precision", "recall", "F1", "images"],
+                  [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                   for c, v in m["per_class"].items()])
+
+
+class _Page:
+    """The sections as they are written, and the pictures drawn for them into a scratch folder."""
+
+    def __init__(self, scratch: Path):
+        self.scratch, self.parts, self.notes, self.pictures = scratch, {}, [], 0
+
+    def add(self, section: str, *html_parts: str) -> None:
+        self.parts.setdefault(section, []).extend(html_parts)
+
+    def picture(self, section: str, png: Path) -> None:
+        self.add(section, _img(png))
+        self.pictures += 1
+
+    def missing(self, section: str, why: str) -> None:
+        self.notes.append(f"{section}: {why}")
+        self.add(section, _note(why))
+
+    def draw(self, section: str, name: str, make: Callable[[Path], object]) -> None:
+        path = self.scratch / name
+        make(path)
+        self.picture(section, path)
+
+
+def _crops(root: Path, paths: list[str], size: int) -> tuple[list[np.ndarray], list[int]]:
+    """The images as the model saw them (resized and centre-cropped), and which of ``paths``
+    could be read; an image gone since is left out."""
+    from .backbones.preprocessing import Preprocessing
+
+    crop = Preprocessing(resize_size=size, crop_size=size, interpolation="bilinear",
+                         mean=(0, 0, 0), std=(1, 1, 1)).crop
+    images, kept = [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(crop(load_rgb(root / p)).permute(1, 2, 0).numpy())
+            kept.append(i)
+        except (OSError, ValueError) as e:
+            log.debug("report: %s left out (%s)", p, e)
+    return images, kept
+
+
+def _prediction_pictures(page: _Page, root: Path, held: Predictions, classes: list[str], split: str) -> None:
+    wrong = np.flatnonzero(held.predicted != held.labels)
+    right = np.flatnonzero(held.predicted == held.labels)
+    rng = np.random.default_rng(0)
+    shown = np.concatenate([wrong[:GRID_IMAGES // 2],
+                            rng.permutation(right)[:GRID_IMAGES - min(len(wrong), GRID_IMAGES // 2)]])
+
+    def caption(i: int) -> str:
+        truth, guess = classes[held.labels[i]], classes[held.predicted[i]]
+        return (f"{guess} ({held.confidence[i]:.2f})" if truth == guess
+                else f"{guess} ({held.confidence[i]:.2f}), truly {truth}")
+
+    images, kept = _crops(root, [held.paths[i] for i in shown], 112)
+    page.add("predictions", _note(f"{len(wrong)} of {len(held.paths)} {split} images are wrong; "
+                                  f"{len(images)} shown, wrong ones in red, with the predicted "
+                                  f"class and its probability."))
+    page.draw("predictions", "predictions.png", lambda p: image_grid_png(
+        images, [caption(shown[k]) for k in kept], p, f"{split} images: predicted (probability)",
+        wrong=[held.predicted[shown[k]] != held.labels[shown[k]] for k in kept]))
+    if not len(wrong):
+        page.add("mistakes", _note(f"no {split} image is wrong."))
+        return
+    worst = wrong[np.argsort(-held.confidence[wrong])][:WRONG_IMAGES]
+    images, kept = _crops(root, [held.paths[i] for i in worst], 112)
+    page.draw("mistakes", "mistakes.png", lambda p: image_grid_png(
+        images, [f"{caption(worst[k])}\n{Path(held.paths[worst[k]]).name}" for k in kept], p,
+        f"the {len(kept)} most confidently wrong {split} images", wrong=[True] * len(kept)))
+
+
+def _sample_pictures(page: _Page, root: Path, classes: list[str]) -> None:
+    dataset = scan(root)
+    rng = np.random.default_rng(0)
+    shown, captions = [], []
+    for c, name in enumerate(classes[:SAMPLE_CLASSES]):
+        mine = [s.path.as_posix() for s in dataset.samples if s.label == c]
+        picked = [mine[i] for i in sorted(rng.permutation(len(mine))[:SAMPLES_PER_CLASS])]
+        shown += picked
+        captions += [name] * len(picked)
+    images, kept = _crops(root, shown, 112)
+    more = f" (the first {SAMPLE_CLASSES} of {len(classes)} classes)" if len(classes) > SAMPLE_CLASSES else ""
+    page.draw("samples", "samples.png", lambda p: image_grid_png(
+        images, [captions[k] for k in kept], p, f"{SAMPLES_PER_CLASS} images of each class{more}",
+        columns=SAMPLES_PER_CLASS))
+
+
+def _augmentation_pictures(page: _Page, root: Path, bundle: Bundle) -> None:
+    import torch
+
+    from .backbones.preprocessing import Preprocessing
+    from .data.augmentation import train_transform
+
+    settings = bundle.info.get("settings")
+    augment = settings.get("augment", []) if settings else Recipe().augment
+    seed = settings.get("seed", 0) if settings else Recipe().seed
+    held = scan(root).samples
+    page.add("augmentation", _note(
+        ("the augmentation this model was fine-tuned with: " if settings else
+         "what `featx finetune` with its default settings would show the model: ") +
+        (", ".join(augment) or "none") + "; the first image of each row is the plain crop."))
+    transform = train_transform(Preprocessing.from_dict(bundle.identity.preprocessing), augment)
+    rng = np.random.default_rng(seed)
+    picks = [held[i].path.as_posix() for i in sorted(rng.permutation(len(held))[:2])]
+    plain, kept = _crops(root, picks, bundle.identity.input_size)
+    views, captions = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for k, image in zip(kept, plain, strict=True):
+            views.append(image)
+            captions.append("plain crop")
+            source = load_rgb(root / picks[k])
+            views += [transform(source).permute(1, 2, 0).numpy() for _ in range(AUGMENTED_VIEWS)]
+            captions += [f"view {v + 1}" for v in range(AUGMENTED_VIEWS)]
+    page.draw("augmentation", "augmentation.png", lambda p: image_grid_png(
+        views, captions, p, "augmented views", columns=AUGMENTED_VIEWS + 1))
+
+
+def _scores(page: _Page, scores: Path) -> None:
+    from .scoring import metrics_path
+
+    if not scores.is_file():
+        raise ConfigError(f"--scores {scores}: no such file: give the CSV `featx score` wrote")
+    with open(scores, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.DictReader(f))
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("predicted"):
+            counts[r["predicted"]] = counts.get(r["predicted"], 0) + 1
+    failed = [[r["path"], r["error"]] for r in rows if r.get("error")]
+    page.add("scores", _note(f"{scores}: {len(rows)} images, {len(failed)} skipped."),
+             _table(["predicted class", "images"], [[c, n] for c, n in sorted(counts.items())]))
+    found = metrics_path(scores)
+    if found.is_file():
+        m = json.loads(found.read_text())
+        page.add("scores", _metrics_table({"labelled": m}), _per_class_table(m))
+    if scores.with_suffix(".png").is_file():
+        page.picture("scores", scores.with_suffix(".png"))
+    if failed:
+        page.add("scores", _table(["skipped", "why"], failed))
+
+
+def _style() -> str:
+    return ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
+            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
+            "text-align:left}th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"
+            ".note{color:#555;font-style:italic}section{margin-bottom:2em}")
+
+
+def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
+           data: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> ReportResult:
+    """Write one self-contained HTML page about ``bundle`` (default: ``BUNDLE/report.html``).
+
+    ``data``: the image folder the bundle was fitted on, for the pictures of images, when it is
+    not where the bundle's cache says; ``scores``: a CSV ``featx score`` wrote, shown with its
+    metrics when its images were labelled.
+    """
+    start = time.perf_counter()
+    b = load_bundle(bundle)
+    path = Path(out) if out else b.path / "report.html"
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
+    if data is not None and not Path(data).is_dir():
+        raise DataError(f"--data {data}: no such image folder: give the folder the bundle was "
+                        f"fitted on")
+    root = Path(data) if data else Path(b.info.get("data") or "")
+    root = root if b.info.get("data") or data else None
+    if root is not None and not root.is_dir():
+        root = None
+    with tempfile.TemporaryDirectory() as scratch:
+        page = _Page(Path(scratch))
+        facts = info(b.path)
+        page.add("summary", _table(None, [list(f) for f in facts.facts]))
+        _data_section(page, b)
+        page.add("metrics", _metrics_table(b.metrics))
+        shown = "val" if "val" in b.metrics else next(iter(b.metrics))
+        page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
+        for section, names in (("confusion", sorted(b.path.glob("confusion_*.png"))),
+                               ("curves", [b.path / "history.png"]), ("search", [b.path / "search.png"])):
+            for png in names:
+                if png.is_file() and png.name in b.files:
+                    page.picture(section, png)
+        if not (b.path / "history.png").is_file():
+            page.missing("curves", f"no training curves: a {b.model} head is fitted in one go, "
+                                   f"not epoch by epoch")
+        if "search" in b.info:
+            s = b.info["search"]
+            keys = list(s["chosen"])
+            page.add("search", _table([*keys, "val accuracy", "val loss", "seconds", ""], [
+                [*(f"{t['params'][k]:g}" for k in keys), f"{t['val_accuracy']:.4f}",
+                 f"{t['val_loss']:.4f}", t["seconds"], "chosen" if t["params"] == s["chosen"] else ""]
+                for t in s["trials"]]))
+        else:
+            page.missing("search", "no search was run for this bundle (fit-head --search runs one)")
+        _image_sections(page, b, root)
+        if scores is not None:
+            _scores(page, Path(scores))
+        else:
+            page.missing("scores", "no scored folder given (featx report BUNDLE --scores CSV)")
+        body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{"".join(page.parts.get(sid, []))}'
+                       f"</section>" for sid, title in SECTIONS)
+        title = f"featx report: {b.path.name}"
+        doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+               f"</title><style>{_style()}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+               f"</body></html>")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with durable_write(path) as tmp:
+            tmp.write_text(doc, encoding="utf-8")
+    return ReportResult(path, [sid for sid, _ in SECTIONS], page.pictures, page.notes,
+                        time.perf_counter() - start)
+
+
+def _data_section(page: _Page, b: Bundle) -> None:
+    try:
+        fc = open_cache(b.info.get("cache", ""), in_memory=False)
+    except CacheError as e:
+        page.missing("data", f"the bundle's cache cannot be read, so its counts are not shown ({e})")
+        return
+    counts = cache_counts(fc)
+    splits = sorted({s for c in counts.values() for s in c})
+    page.add("data", _table(["class", *splits],
+                            [[c, *(n.get(s, 0) for s in splits)] for c, n in counts.items()]))
+    if fc.failed:
+        page.add("data", f"<h3>{len(fc.failed)} skipped as unreadable</h3>",
+                 _table(["image", "why"], [list(f) for f in fc.failed]))
+    else:
+        page.add("data", _note("every image could be read."))
+
+
+def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
+    sections = ("predictions", "mistakes", "samples", "augmentation")
+    if root is None:
+        for s in sections:
+            page.missing(s, "the image folder is not known (a cache made by an older featx, or "
+                            "moved apart from its images): pass --data with it")
+        return
+    if PREDICTIONS_FILE in b.files:
+        held = read_predictions(b.path / PREDICTIONS_FILE, b.classes)
+        split = "val" if "val" in held else next(iter(held), None)
+        if split:
+            _prediction_pictures(page, root, held[split], b.classes, split)
+    if "predictions" not in page.parts:
+        for s in ("predictions", "mistakes"):
+            page.missing(s, "the bundle holds no held-out predictions (no validation split)")
+    _sample_pictures(page, root, b.classes)
+    _augmentation_pictures(page, root, b)
