@@ -103,7 +103,8 @@ def image_grid_png(images: list[np.ndarray], captions: list[str], path: Path, ti
 
     columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(1.9 * columns, 2.2 * rows + 0.5))
+    # Constrained layout keeps the title clear of the captions, which tight_layout does not.
+    fig = Figure(figsize=(1.9 * columns, 2.2 * rows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for i, ax in enumerate(axes):
         ax.set_xticks([])
@@ -118,7 +119,6 @@ def image_grid_png(images: list[np.ndarray], captions: list[str], path: Path, ti
             side.set_color("red" if bad else "0.8")
             side.set_linewidth(3 if bad else 0.5)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     return path

@@ -83,8 +83,9 @@ def _metrics_table(metrics: dict) -> str:
              f"{m['accuracy_ci95'][0]:.3f} to {m['accuracy_ci95'][1]:.3f}", f"{m['balanced_accuracy']:.4f}",
              f"{m['f1_macro']:.4f}", f"{m['loss']:.4f}", *(f"{m[k]:.4f}" if k in m else "" for k in extra)]
             for split, m in metrics.items()]
+    names = {f"top{TOP_K}_accuracy": f"top-{TOP_K} accuracy", "roc_auc": "ROC AUC"}
     return _table(["split", "images", "accuracy", "95% interval", "balanced accuracy", "macro F1",
-                   "log loss", *extra], rows)
+                   "log loss", *(names[k] for k in extra)], rows)
 
 
 def _per_class_table(m: dict) -> str:

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
 from ..bundle import Bundle, backbone_for, check_out, load_bundle
-from ..cache.reader import open_cache
+from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
 from ..data.readers import ImageReader, collate
@@ -75,6 +75,17 @@ class FinetuneResult:
         return "\n".join(lines)
 
 
+def _head_split(source: Bundle, needed: str) -> tuple[FeatureCache, dict[str, np.ndarray]]:
+    """The cache the bundle's head was fitted on, and the split fit-head made of it; ``needed``
+    ends the error where the cache cannot be read: what it is needed for, and the fix."""
+    info = source.info
+    try:
+        fc = open_cache(info.get("cache", ""))
+    except CacheError as e:
+        raise DataError(f"cannot read the cache of the head in {source.path} ({e}): {needed}") from e
+    return fc, split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+
+
 def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
     """Sample indices per split: the split the head was fitted and validated on, so that epoch 0
     and the fine-tuned epochs are measured on the same held-out images."""
@@ -82,16 +93,10 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
     if "val" not in assigned:
         # fit-head held out a seeded part of train: the cache says which images, as long as it
         # has not changed since.
-        info = source.info
-        try:
-            fc = open_cache(info.get("cache", ""))
-        except CacheError as e:
-            raise DataError(f"{dataset.root} has no val/ folder, and the cache that says which "
-                            f"images the head in {source.path} was validated on cannot be read "
-                            f"({e})") from e
-        parts = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+        fc, parts = _head_split(source, f"{dataset.root} has no val/ folder, and the cache says which "
+                                        f"images the head was validated on: extract it again")
         now = split_digest(fc.paths, parts)
-        if info.get("split_sha256", now) != now:
+        if source.info.get("split_sha256", now) != now:
             raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
                             f"the images it was validated on are no longer known: fit the head "
                             f"again, then fine-tune")
@@ -124,17 +129,13 @@ def _head_fitted_on_train(bundle: Bundle) -> BaseEstimator:
     """The bundle's head as fitted on train alone: its own, or, where a search fitted the chosen
     setting again on train+val, that setting fitted on train once more (seconds, from its cache),
     so that fine-tuning starts from a head that has not seen the images it is judged on."""
-    info = bundle.info
-    if info.get("fitted_on") != "train+val":
+    if bundle.info.get("fitted_on") != "train+val":
         return bundle.head
-    try:
-        fc = open_cache(info.get("cache", ""))
-    except CacheError as e:
-        raise DataError(f"the head in {bundle.path} was fitted on train+val, and fine-tuning "
-                        f"starts from its setting fitted on train alone, which needs its cache "
-                        f"({e}): fit the head again with --no-search") from e
-    train = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))["train"]
-    head = make_head(bundle.model, **info.get("params", {}))
+    fc, parts = _head_split(bundle, "the search fitted the head on train+val, and fine-tuning starts "
+                                    "from its setting fitted on train alone, from the cache: extract "
+                                    "it again, or fit the head with --no-search")
+    train = parts["train"]
+    head = make_head(bundle.model, **bundle.info.get("params", {}))
     log.info("%s was fitted on train+val: fine-tuning starts from its setting fitted on the %d "
              "train images alone", bundle.path, len(train))
     return head.fit(fc.features[train], fc.labels[train])
