@@ -22,11 +22,10 @@ from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone
 from .backbones.weights import resolve
 from .data.folders import scan_unlabelled
 from .errors import ConfigError
-from .files import durable_write
+from .files import cell, check_csv_path, durable_write
 from .progress import progress_bar
 from .runner import loader
 from .runtime import Runtime, autocast_for
-from .scoring import cell, check_csv_path
 
 # Lines of images ``ClassifyResult.summary`` shows; the CSV has every one.
 SHOWN = 50

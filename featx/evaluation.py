@@ -80,12 +80,14 @@ class Tally:
             precision = np.where(predicted > 0, hits / predicted, 0.0)
             recall = np.where(support > 0, hits / support, 0.0)
             f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        present = support > 0
+        # As scikit-learn averages: recall over the classes present, F1 over those present or
+        # predicted.
+        present, named = support > 0, (support > 0) | (predicted > 0)
         found = dict(n=n, accuracy=correct / n if n else 0.0,
                      accuracy_ci95=list(wilson_interval(correct, n)),
                      balanced_accuracy=float(recall[present].mean()) if present.any() else 0.0,
                      loss=self.loss / n if n else 0.0,
-                     f1_macro=float(f1[present].mean()) if present.any() else 0.0)
+                     f1_macro=float(f1[named].mean()) if named.any() else 0.0)
         if len(self.classes) > TOP_K:
             found[f"top{TOP_K}_accuracy"] = self.top_hits / n if n else 0.0
         if self.binary:
@@ -105,12 +107,13 @@ def metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
 
 
 def metrics_line(split: str, m: dict) -> str:
-    """One line of a split's metrics, as every command prints them."""
-    lo, hi = m["accuracy_ci95"]
+    """One line of a split's metrics, as every command prints them (a bundle of an earlier featx
+    has only n, accuracy and loss)."""
+    ci = "(95% CI {:.3f}-{:.3f})  ".format(*m["accuracy_ci95"]) if "accuracy_ci95" in m else ""
     extra = "".join(f"  {label}={m[key]:.4f}" for key, label in
-                    ((f"top{TOP_K}_accuracy", f"top{TOP_K}"), ("roc_auc", "auc")) if key in m)
-    return (f"{split:9s} n={m['n']:<6d} accuracy={m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f})  "
-            f"balanced={m['balanced_accuracy']:.4f}  loss={m['loss']:.4f}{extra}")
+                    (("balanced_accuracy", "balanced"), ("loss", "loss"),
+                     (f"top{TOP_K}_accuracy", f"top{TOP_K}"), ("roc_auc", "auc")) if key in m)
+    return f"{split:9s} n={m['n']:<6d} accuracy={m['accuracy']:.4f} {ci}{extra.lstrip()}"
 
 
 def split_digest(paths: list[str], parts: dict[str, np.ndarray]) -> str:

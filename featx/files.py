@@ -1,4 +1,5 @@
-"""Files on disk: content hashes, writes that a crash leaves either undone or whole, sizes in words."""
+"""Files on disk: content hashes, writes that a crash leaves either undone or whole, sizes in words,
+and the CSV files featx writes (a path checked before the work, cells safe from spreadsheets)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import ConfigError
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -97,3 +100,24 @@ def size_text(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n} B"
+
+
+def check_csv_path(path: Path) -> None:
+    """Refuse, before any image is read, a CSV path that cannot be written."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the folder for {path} ({e.strerror or e}): choose another "
+                          f"--out") from e
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"cannot write to {path.parent} (no permission): choose another --out")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA) else text

@@ -33,7 +33,7 @@ class Info:
         width = max(len(k) for k, _ in self.facts)
         lines = [f"{k:{width}s}  {v}" for k, v in self.facts]
         if self.counts:
-            splits = [s for s in (*SPLITS, "unlabelled") if any(s in c for c in self.counts.values())]
+            splits = [s for s in (*SPLITS, UNSPLIT) if any(s in c for c in self.counts.values())]
             name = max(len(c) for c in [*self.counts, "class"])
             lines.append("")
             lines.append(f"{'class':{name}s} " + " ".join(f"{s:>7s}" for s in splits))
@@ -61,14 +61,21 @@ def identity_facts(ident: FeatureIdentity) -> list[tuple[str, str]]:
             ("preprocessing", done)]
 
 
+# A score cache's rows have no split, and images in no class folder are labelled -1.
+UNSPLIT, UNLABELLED = "images", "(no class)"
+
+
 def cache_counts(fc: FeatureCache) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = {c: {} for c in fc.classes}
-    for split in np.unique(fc.splits):
+    """Images per class and split, in the order of ``SPLITS``."""
+    names = [*fc.classes, UNLABELLED]
+    counts: dict[str, dict[str, int]] = {c: {} for c in names}
+    for split in [*SPLITS, ""]:
         sel = fc.splits == split
-        for c, n in zip(fc.classes, np.bincount(fc.labels[sel], minlength=len(fc.classes)), strict=True):
+        # -1 wraps round to the last name, UNLABELLED.
+        for c, n in zip(names, np.bincount(fc.labels[sel] % len(names), minlength=len(names)), strict=True):
             if n:
-                counts[c][str(split)] = int(n)
-    return counts
+                counts[c][split or UNSPLIT] = int(n)
+    return {c: n for c, n in counts.items() if n or c != UNLABELLED}
 
 
 def _cache_info(path: Path) -> Info:

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones.preprocessing import Preprocessing
 from .bundle import Bundle, load_bundle
 from .cache.reader import open_cache
-from .data.folders import scan
+from .data.folders import SPLITS, Dataset, scan
 from .data.images import load_rgb
-from .errors import CacheError, ConfigError, DataError
+from .errors import CacheError, ConfigError, DataError, first_line
 from .evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
 from .files import durable_write
 from .finetuning.recipe import Recipe
-from .inspection import cache_counts, info
+from .inspection import UNSPLIT, cache_counts, info
 from .plots import image_grid_png
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,23 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+# The metrics' columns: (key, heading); a bundle of an earlier featx has only some of them.
+_COLUMNS = (("n", "images"), ("accuracy", "accuracy"), ("accuracy_ci95", "95% interval"),
+            ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "macro F1"), ("loss", "log loss"),
+            (f"top{TOP_K}_accuracy", f"top-{TOP_K} accuracy"), ("roc_auc", "ROC AUC"))
+
+
+def _figure(value) -> str:
+    if isinstance(value, list):
+        return f"{value[0]:.3f} to {value[1]:.3f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _metrics_table(metrics: dict) -> str:
-    extra = [k for k in (f"top{TOP_K}_accuracy", "roc_auc") if any(k in m for m in metrics.values())]
-    rows = [[split, m["n"], f"{m['accuracy']:.4f}",
-             f"{m['accuracy_ci95'][0]:.3f} to {m['accuracy_ci95'][1]:.3f}", f"{m['balanced_accuracy']:.4f}",
-             f"{m['f1_macro']:.4f}", f"{m['loss']:.4f}", *(f"{m[k]:.4f}" if k in m else "" for k in extra)]
-            for split, m in metrics.items()]
-    names = {f"top{TOP_K}_accuracy": f"top-{TOP_K} accuracy", "roc_auc": "ROC AUC"}
-    return _table(["split", "images", "accuracy", "95% interval", "balanced accuracy", "macro F1",
-                   "log loss", *(names[k] for k in extra)], rows)
+    shown = [(k, h) for k, h in _COLUMNS if any(k in m for m in metrics.values())]
+    return _table(["split", *(h for _, h in shown)],
+                  [[split, *(_figure(m[k]) if k in m else "" for k, _ in shown)]
+                   for split, m in metrics.items()])
 
 
 def _per_class_table(m: dict) -> str:
@@ -117,24 +126,28 @@ class _Page:
         self.picture(section, path)
 
 
-def _crops(root: Path, paths: list[str], size: int) -> tuple[list[np.ndarray], list[int]]:
-    """The images as the model saw them (resized and centre-cropped), and which of ``paths``
-    could be read; an image gone since is left out."""
-    from .backbones.preprocessing import Preprocessing
+@dataclass
+class _Images:
+    """The image folder a bundle was fitted on, and the crop its model sees."""
 
-    crop = Preprocessing(resize_size=size, crop_size=size, interpolation="bilinear",
-                         mean=(0, 0, 0), std=(1, 1, 1)).crop
-    images, kept = [], []
-    for i, p in enumerate(paths):
-        try:
-            images.append(crop(load_rgb(root / p)).permute(1, 2, 0).numpy())
-            kept.append(i)
-        except (OSError, ValueError) as e:
-            log.debug("report: %s left out (%s)", p, e)
-    return images, kept
+    root: Path
+    preprocessing: Preprocessing
+
+    def crops(self, paths: list[str]) -> tuple[list[np.ndarray], list[int]]:
+        """The images as the model saw them (resized and centre-cropped), and which of ``paths``
+        could be read; an image gone since is left out."""
+        images, kept = [], []
+        for i, p in enumerate(paths):
+            try:
+                images.append(self.preprocessing.crop(load_rgb(self.root / p)).permute(1, 2, 0).numpy())
+                kept.append(i)
+            except (OSError, ValueError) as e:
+                log.debug("report: %s left out (%s)", p, e)
+        return images, kept
 
 
-def _prediction_pictures(page: _Page, root: Path, held: Predictions, classes: list[str], split: str) -> None:
+def _prediction_pictures(page: _Page, found: _Images, held: Predictions, classes: list[str], split: str
+                         ) -> None:
     wrong = np.flatnonzero(held.predicted != held.labels)
     right = np.flatnonzero(held.predicted == held.labels)
     rng = np.random.default_rng(0)
@@ -146,7 +159,7 @@ def _prediction_pictures(page: _Page, root: Path, held: Predictions, classes: li
         return (f"{guess} ({held.confidence[i]:.2f})" if truth == guess
                 else f"{guess} ({held.confidence[i]:.2f}), truly {truth}")
 
-    images, kept = _crops(root, [held.paths[i] for i in shown], 112)
+    images, kept = found.crops([held.paths[i] for i in shown])
     page.add("predictions", _note(f"{len(wrong)} of {len(held.paths)} {split} images are wrong; "
                                   f"{len(images)} shown, wrong ones in red, with the predicted "
                                   f"class and its probability."))
@@ -157,66 +170,78 @@ def _prediction_pictures(page: _Page, root: Path, held: Predictions, classes: li
         page.add("mistakes", _note(f"no {split} image is wrong."))
         return
     worst = wrong[np.argsort(-held.confidence[wrong])][:WRONG_IMAGES]
-    images, kept = _crops(root, [held.paths[i] for i in worst], 112)
+    images, kept = found.crops([held.paths[i] for i in worst])
     page.draw("mistakes", "mistakes.png", lambda p: image_grid_png(
         images, [f"{caption(worst[k])}\n{Path(held.paths[worst[k]]).name}" for k in kept], p,
         f"the {len(kept)} most confidently wrong {split} images", wrong=[True] * len(kept)))
 
 
-def _sample_pictures(page: _Page, root: Path, classes: list[str]) -> None:
-    dataset = scan(root)
+def _sample_pictures(page: _Page, found: _Images, dataset: Dataset, classes: list[str]) -> None:
     rng = np.random.default_rng(0)
     shown, captions = [], []
-    for c, name in enumerate(classes[:SAMPLE_CLASSES]):
-        mine = [s.path.as_posix() for s in dataset.samples if s.label == c]
+    number = {name: i for i, name in enumerate(dataset.classes)}  # by name: --data may hold others
+    for name in classes[:SAMPLE_CLASSES]:
+        mine = [s.path.as_posix() for s in dataset.samples if s.label == number.get(name)]
         picked = [mine[i] for i in sorted(rng.permutation(len(mine))[:SAMPLES_PER_CLASS])]
         shown += picked
         captions += [name] * len(picked)
-    images, kept = _crops(root, shown, 112)
+    images, kept = found.crops(shown)
     more = f" (the first {SAMPLE_CLASSES} of {len(classes)} classes)" if len(classes) > SAMPLE_CLASSES else ""
     page.draw("samples", "samples.png", lambda p: image_grid_png(
         images, [captions[k] for k in kept], p, f"{SAMPLES_PER_CLASS} images of each class{more}",
         columns=SAMPLES_PER_CLASS))
 
 
-def _augmentation_pictures(page: _Page, root: Path, bundle: Bundle) -> None:
+def _augmentation_pictures(page: _Page, found: _Images, dataset: Dataset, bundle: Bundle) -> None:
     import torch
 
-    from .backbones.preprocessing import Preprocessing
     from .data.augmentation import train_transform
 
     settings = bundle.info.get("settings")
     augment = settings.get("augment", []) if settings else Recipe().augment
     seed = settings.get("seed", 0) if settings else Recipe().seed
-    held = scan(root).samples
+    held = dataset.samples
     page.add("augmentation", _note(
         ("the augmentation this model was fine-tuned with: " if settings else
          "what `featx finetune` with its default settings would show the model: ") +
         (", ".join(augment) or "none") + "; the first image of each row is the plain crop."))
-    transform = train_transform(Preprocessing.from_dict(bundle.identity.preprocessing), augment)
+    transform = train_transform(found.preprocessing, augment)
     rng = np.random.default_rng(seed)
     picks = [held[i].path.as_posix() for i in sorted(rng.permutation(len(held))[:2])]
-    plain, kept = _crops(root, picks, bundle.identity.input_size)
+    plain, kept = found.crops(picks)
     views, captions = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for k, image in zip(kept, plain, strict=True):
             views.append(image)
             captions.append("plain crop")
-            source = load_rgb(root / picks[k])
+            source = load_rgb(found.root / picks[k])
             views += [transform(source).permute(1, 2, 0).numpy() for _ in range(AUGMENTED_VIEWS)]
             captions += [f"view {v + 1}" for v in range(AUGMENTED_VIEWS)]
     page.draw("augmentation", "augmentation.png", lambda p: image_grid_png(
         views, captions, p, "augmented views", columns=AUGMENTED_VIEWS + 1))
 
 
-def _scores(page: _Page, scores: Path) -> None:
+def _read_scores(scores: Path) -> tuple[list[dict], dict | None]:
+    """The rows of a CSV ``featx score`` wrote, and the metrics beside it; refused in one line
+    before any picture is drawn if it is not one."""
     from .scoring import metrics_path
 
-    if not scores.is_file():
-        raise ConfigError(f"--scores {scores}: no such file: give the CSV `featx score` wrote")
-    with open(scores, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        rows = list(csv.DictReader(f))
+    fix = "give the CSV `featx score` wrote"
+    try:
+        with open(scores, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "predicted", "error"} <= set(reader.fieldnames or ()):
+                raise ConfigError(f"--scores {scores} is not a CSV of `featx score` (no path, "
+                                  f"predicted and error columns): {fix}")
+            rows = list(reader)
+        found = metrics_path(scores)
+        return rows, json.loads(found.read_text()) if found.is_file() else None
+    except (OSError, csv.Error, ValueError) as e:
+        raise ConfigError(f"cannot read --scores {scores} ({first_line(e)}): {fix}") from e
+
+
+def _scores(page: _Page, scores: Path, rows: list[dict], m: dict | None) -> None:
     counts: dict[str, int] = {}
     for r in rows:
         if r.get("predicted"):
@@ -224,9 +249,7 @@ def _scores(page: _Page, scores: Path) -> None:
     failed = [[r["path"], r["error"]] for r in rows if r.get("error")]
     page.add("scores", _note(f"{scores}: {len(rows)} images, {len(failed)} skipped."),
              _table(["predicted class", "images"], [[c, n] for c, n in sorted(counts.items())]))
-    found = metrics_path(scores)
-    if found.is_file():
-        m = json.loads(found.read_text())
+    if m:
         page.add("scores", _metrics_table({"labelled": m}), _per_class_table(m))
     if scores.with_suffix(".png").is_file():
         page.picture("scores", scores.with_suffix(".png"))
@@ -254,12 +277,12 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
     path = Path(out) if out else b.path / "report.html"
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
+    scored = _read_scores(Path(scores)) if scores is not None else None
     if data is not None and not Path(data).is_dir():
         raise DataError(f"--data {data}: no such image folder: give the folder the bundle was "
                         f"fitted on")
-    root = Path(data) if data else Path(b.info.get("data") or "")
-    root = root if b.info.get("data") or data else None
-    if root is not None and not root.is_dir():
+    root = Path(data) if data else Path(b.info["data"]) if b.info.get("data") else None
+    if root is not None and not root.is_dir():  # moved since: the image sections say --data
         root = None
     with tempfile.TemporaryDirectory() as scratch:
         page = _Page(Path(scratch))
@@ -267,16 +290,18 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
         _data_section(page, b)
         page.add("metrics", _metrics_table(b.metrics))
-        shown = "val" if "val" in b.metrics else next(iter(b.metrics))
-        page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
+        shown = "val" if "val" in b.metrics else next(iter(b.metrics), None)
+        if shown and "per_class" in b.metrics[shown]:
+            page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
         for section, names in (("confusion", sorted(b.path.glob("confusion_*.png"))),
                                ("curves", [b.path / "history.png"]), ("search", [b.path / "search.png"])):
             for png in names:
                 if png.is_file() and png.name in b.files:
                     page.picture(section, png)
         if not (b.path / "history.png").is_file():
-            page.missing("curves", f"no training curves: a {b.model} head is fitted in one go, "
-                                   f"not epoch by epoch")
+            page.missing("curves", f"no training curves: a {b.model} head fitted this way records "
+                                   f"none (logistic, svm and knn have no epochs; a torch head "
+                                   f"streamed from disk keeps no curves)")
         if "search" in b.info:
             s = b.info["search"]
             keys = list(s["chosen"])
@@ -288,7 +313,7 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
             page.missing("search", "no search was run for this bundle (fit-head --search runs one)")
         _image_sections(page, b, root)
         if scores is not None:
-            _scores(page, Path(scores))
+            _scores(page, Path(scores), *scored)
         else:
             page.missing("scores", "no scored folder given (featx report BUNDLE --scores CSV)")
         body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{"".join(page.parts.get(sid, []))}'
@@ -297,9 +322,12 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
         doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
                f"</title><style>{_style()}</style></head><body><h1>{html.escape(title)}</h1>{body}"
                f"</body></html>")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with durable_write(path) as tmp:
-            tmp.write_text(doc, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with durable_write(path) as tmp:
+                tmp.write_text(doc, encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot write {path} ({e.strerror or e}): choose another --out") from e
     return ReportResult(path, [sid for sid, _ in SECTIONS], page.pictures, page.notes,
                         time.perf_counter() - start)
 
@@ -311,7 +339,7 @@ def _data_section(page: _Page, b: Bundle) -> None:
         page.missing("data", f"the bundle's cache cannot be read, so its counts are not shown ({e})")
         return
     counts = cache_counts(fc)
-    splits = sorted({s for c in counts.values() for s in c})
+    splits = [s for s in (*SPLITS, UNSPLIT) if any(s in c for c in counts.values())]
     page.add("data", _table(["class", *splits],
                             [[c, *(n.get(s, 0) for s in splits)] for c, n in counts.items()]))
     if fc.failed:
@@ -323,18 +351,22 @@ def _data_section(page: _Page, b: Bundle) -> None:
 
 def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
     sections = ("predictions", "mistakes", "samples", "augmentation")
-    if root is None:
+    if root is None or not b.identity.preprocessing:
+        why = ("the image folder is not known (a cache made by an older featx, or moved apart from "
+               "its images): pass --data with it" if root is None else
+               "the features were made outside featx (write_cache): no crop is recorded to show")
         for s in sections:
-            page.missing(s, "the image folder is not known (a cache made by an older featx, or "
-                            "moved apart from its images): pass --data with it")
+            page.missing(s, why)
         return
+    found = _Images(root, Preprocessing.from_dict(b.identity.preprocessing))
     if PREDICTIONS_FILE in b.files:
         held = read_predictions(b.path / PREDICTIONS_FILE, b.classes)
         split = "val" if "val" in held else next(iter(held), None)
         if split:
-            _prediction_pictures(page, root, held[split], b.classes, split)
+            _prediction_pictures(page, found, held[split], b.classes, split)
     if "predictions" not in page.parts:
         for s in ("predictions", "mistakes"):
             page.missing(s, "the bundle holds no held-out predictions (no validation split)")
-    _sample_pictures(page, root, b.classes)
-    _augmentation_pictures(page, root, b)
+    dataset = scan(root)
+    _sample_pictures(page, found, dataset, b.classes)
+    _augmentation_pictures(page, found, dataset, b)

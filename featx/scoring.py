@@ -24,7 +24,7 @@ from .data.folders import Dataset, scan_unlabelled
 from .errors import ConfigError
 from .evaluation import Tally, metrics_line
 from .execution.exported import check
-from .files import durable_write
+from .files import cell, check_csv_path, durable_write
 from .plots import confusion_matrix_png
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -97,6 +97,9 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
         if found:
             with durable_write(metrics_path(csv_path)) as tmp:
                 tmp.write_text(json.dumps(found, indent=1))
+        else:  # an earlier run's, for other images: it would be read as this one's
+            metrics_path(csv_path).unlink(missing_ok=True)
+            csv_path.with_suffix(".png").unlink(missing_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another --out; "
                           f"the features are kept in {extracted.path}, so the next run only "
@@ -121,27 +124,6 @@ def _csv_name(folder: Path, bundle: Bundle) -> str:
     bundle_path = Path(bundle.path or "bundle")
     key = f"{folder.resolve()}\0{bundle_path.resolve()}".encode("utf-8", "surrogateescape")
     return f"{folder.resolve().name}-{bundle_path.name}-{hashlib.sha256(key).hexdigest()[:8]}.csv"
-
-
-def check_csv_path(path: Path) -> None:
-    """Refuse, before any image is read, a CSV path that cannot be written."""
-    if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot make the folder for {path} ({e.strerror or e}): choose another "
-                          f"--out") from e
-    if not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"cannot write to {path.parent} (no permission): choose another --out")
-
-
-# A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-
-
-def cell(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA) else text
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],

@@ -16,6 +16,9 @@ class Board:
     """One run's log in ``folder``: ``epoch`` adds a history row's figures, ``picture`` a PNG."""
 
     def __init__(self, folder: str | os.PathLike):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise ConfigError(f"--tensorboard {folder} is a file, and TensorBoard logs go in a "
+                              f"folder: choose another")
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # torch's writer needs the tensorboard package
@@ -24,11 +27,14 @@ class Board:
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def epoch(self, row: dict) -> None:
-        """The numbers of a history row (``epoch`` its step; loss and accuracy per split)."""
+        """The numbers of a history row, at step ``epoch``: ``train_loss`` as ``loss/train``, so
+        that TensorBoard draws train and val in one chart; the others (lr, seconds) by name."""
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, int | float):
-                split, _, metric = key.partition("_")
-                self.writer.add_scalar(f"{metric}/{split}" if metric else key, value, row["epoch"])
+            if key == "epoch" or not isinstance(value, int | float):
+                continue
+            split, _, metric = key.partition("_")
+            self.writer.add_scalar(f"{metric}/{split}" if metric in ("loss", "accuracy") else key,
+                                   value, row["epoch"])
 
     def picture(self, tag: str, png: Path, step: int) -> None:
         from PIL import Image

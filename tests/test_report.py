@@ -58,9 +58,21 @@ def test_the_report_of_a_fitted_bundle_has_every_section_and_picture(fitted, tmp
     # (no mistakes: red vs blue is easy; no curves: logistic has no epochs)
     pictures = _pictures(page)
     assert len(pictures) == r.pictures == 6 and all(im.width > 100 for im in pictures)
-    assert r.notes == ["curves: no training curves: a logistic head is fitted in one go, not epoch by epoch"]
+    assert len(r.notes) == 1 and r.notes[0].startswith("curves: no training curves: a logistic head")
     assert "no val image is wrong" in page and "broken.jpg" in page  # the skipped file, and why
     assert "labelled" in page and "95% interval" in page
+
+
+def test_a_report_refuses_what_is_not_a_score_csv_before_drawing(fitted, tmp_path, capsys):
+    bundle = fitted[2]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "binary.csv").write_bytes(b"\x00" * 10 + b"\xff" * 200_000)
+    for bad in ("other.csv", "binary.csv", "missing.csv"):
+        assert main(["report", str(bundle), "--scores", str(tmp_path / bad),
+                     "--out", str(tmp_path / "r.html")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "give the CSV `featx score` wrote" in err, err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_a_report_without_the_images_says_what_to_pass(fitted, tmp_path):

@@ -124,3 +124,20 @@ def test_every_heads_default_is_among_the_settings_searched(model):
     default = {name: next(v for k, v in defaults.items() if k == name or k.endswith(f"__{name}"))
                for name in GRIDS[model][0]}
     assert default in grid(model, {})[0]
+
+
+def test_small_caches_and_rare_classes(tmp_path):
+    small = _blobs(tmp_path / "small.h5", n_classes=2, per_class=10)
+    knn = featx.fit_head(small, model="knn", out=tmp_path / "knn")  # 16 training images
+    assert [t.params["n_neighbors"] for t in knn.search.trials] == [1, 3, 5, 10]
+    with pytest.raises(featx.ConfigError, match="none are held out"):
+        featx.fit_head(small, search=True, val_split=0, out=tmp_path / "none")
+    labels = np.array([0] * 10 + [1] * 2)  # class1: one image to train on, one to validate
+    rare = featx.write_cache(tmp_path / "rare.h5", np.random.default_rng(0).normal(size=(12, 4)),
+                             labels, ["common", "rare"])
+    with pytest.raises(featx.DataError, match="the svm head needs 3 training images of each class, "
+                                              "and rare have fewer: use --model logistic"):
+        featx.fit_head(rare, model="svm", out=tmp_path / "svm")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(featx.ConfigError, match="is a file, and TensorBoard logs go in a folder"):
+        featx.fit_head(small, model="linear", tensorboard=tmp_path / "file", out=tmp_path / "tb")

@@ -62,12 +62,12 @@ def data_id(data_root: Path) -> str:
 def data_folder(path: Path, attrs: dict) -> Path | None:
     """The image folder the cache at ``path`` was made from, where it still is: the cache
     records it relative to itself (``data_path``), so that moving both together keeps the link
-    and no one's home folder is written down; None when it is not found there."""
+    and no one's home folder is written down; None when no folder of its name is there."""
     relative = attrs.get("data_path")
     if not relative:
         return None
     folder = (Path(path).parent / str(relative)).resolve()
-    return folder if folder.is_dir() and data_id(folder) == attrs.get("data_id") else None
+    return folder if folder.is_dir() and folder.name == attrs.get("data") else None
 
 
 def encoded(strings) -> list[bytes]:

@@ -73,6 +73,8 @@ def resume(path: Path, config: dict, model: Classifier, trainer: Trainer) -> tup
         state = load_state(path)
     except ValueError as e:
         raise ConfigError(f"cannot read {path} ({e}): delete it and run without --resume") from e
+    if "predictions" not in state.get("best", {}):  # an earlier featx kept less of the best epoch
+        raise ConfigError(f"{path} was written by an earlier featx: delete it and run without --resume")
     for key, value in config.items():
         if state["config"].get(key) != value:
             raise ConfigError(f"--resume: the interrupted run had {key}={state['config'].get(key)}, "

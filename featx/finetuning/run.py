@@ -76,14 +76,21 @@ class FinetuneResult:
 
 
 def _head_split(source: Bundle, needed: str) -> tuple[FeatureCache, dict[str, np.ndarray]]:
-    """The cache the bundle's head was fitted on, and the split fit-head made of it; ``needed``
-    ends the error where the cache cannot be read: what it is needed for, and the fix."""
+    """The cache the bundle's head was fitted on, and the split fit-head made of it, refused if
+    the cache has changed since; ``needed`` ends the error where the cache cannot be read: what
+    it is needed for, and the fix."""
     info = source.info
     try:
         fc = open_cache(info.get("cache", ""))
     except CacheError as e:
         raise DataError(f"cannot read the cache of the head in {source.path} ({e}): {needed}") from e
-    return fc, split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+    parts = split_indices(fc.splits, fc.labels, info.get("val_split") or 0.0, info.get("seed", 0))
+    now = split_digest(fc.paths, parts)
+    if info.get("split_sha256", now) != now:
+        raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
+                        f"the images it was fitted and validated on are no longer known: fit the "
+                        f"head again, then fine-tune")
+    return fc, parts
 
 
 def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
@@ -95,11 +102,6 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
         # has not changed since.
         fc, parts = _head_split(source, f"{dataset.root} has no val/ folder, and the cache says which "
                                         f"images the head was validated on: extract it again")
-        now = split_digest(fc.paths, parts)
-        if source.info.get("split_sha256", now) != now:
-            raise DataError(f"{fc.path} has changed since the head in {source.path} was fitted, so "
-                            f"the images it was validated on are no longer known: fit the head "
-                            f"again, then fine-tune")
         # By path, as the cache has no rows for unreadable images; images added since go to train.
         held = {fc.paths[i]: name for name, idx in parts.items() for i in idx}
         assigned = np.array([held.get(s.path.as_posix(), s.split) for s in dataset.samples])
@@ -163,6 +165,7 @@ class _Run:
 
 def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out: Path,
              recipe: Recipe, runtime: Runtime) -> _Run:
+    as_torch_head(source.head)  # an svm or knn head is refused before it is fitted again
     head = as_torch_head(_head_fitted_on_train(source))
     extractor = backbone_for(source)
     model = Classifier(extractor, head.module_)
@@ -230,14 +233,14 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
 def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board | None) -> dict:
     """Epochs until the last or until ``patience`` epochs bring no better validation accuracy,
     a checkpoint after each (and its figures to ``board``); returns the best epoch's snapshot."""
-    def save() -> None:
+    def save(logged: bool = False) -> None:
         checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, best)
         checkpoint.write_history(history, run.out, title)
-        if board is not None:
+        if board is not None and not logged:
             board.epoch(history[-1])
 
     try:
-        save()
+        save(logged=history[-1]["epoch"] > 0)  # a resumed run's last epoch is in the log already
         for epoch in range(history[-1]["epoch"] + 1, run.recipe.epochs + 1):
             if epoch - 1 - best["epoch"] >= run.recipe.patience:
                 log.info("stopping early: no better validation accuracy for %d epochs", run.recipe.patience)
@@ -249,6 +252,8 @@ def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board 
                 best = checkpoint.snapshot(epoch, val_metrics, predictions, run.model)
             save()
     except BaseException:
+        if board is not None:  # what it holds is written out, not lost with the process
+            board.close()
         if run.checkpoint.exists():
             log.warning("stopped: the last finished epoch is saved in %s; run the same command with "
                         "--resume to continue", run.checkpoint)

@@ -19,11 +19,11 @@ import numpy as np
 
 from ..bundle import Bundle, check_out
 from ..cache.format import data_folder
-from ..cache.reader import FeatureCache, open_cache
+from ..cache.reader import DiskFeatures, FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import PREDICTIONS_FILE, metrics_line, split_digest, split_indices, write_predictions
 from ..files import size_text
-from ..heads.registry import DEFAULT_HEAD, make_head
+from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, make_head
 from ..heads.torch_head import TorchHead
 from ..plots import confusion_matrix_png, history_png, search_png
 from ..tensorboard import Board
@@ -52,8 +52,8 @@ class FitResult:
         return "\n".join([*lines, f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
 
 
-def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray]) -> np.ndarray:
-    """The training rows, refused unless every class has some."""
+def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray], model: str) -> np.ndarray:
+    """The training rows, refused unless every class has enough for head ``model``."""
     train = parts.get("train", np.array([], int))
     present = np.unique(fc.labels[train])
     if len(present) < 2:
@@ -63,6 +63,13 @@ def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray]) -> np.ndarray:
     if missing:
         raise DataError(f"{fc.path}: no training images for class(es) "
                         f"{', '.join(fc.classes[i] for i in missing)}: add some to train/")
+    need = MIN_CLASS_IMAGES.get(model, 1)
+    few = np.flatnonzero(np.bincount(fc.labels[train], minlength=len(fc.classes)) < need)
+    if len(few):
+        raise DataError(f"{fc.path}: the {model} head needs {need} training images of each class, "
+                        f"and {', '.join(fc.classes[i] for i in few[:5])}"
+                        f"{f' and {len(few) - 5} more' if len(few) > 5 else ''} have fewer: use "
+                        f"--model logistic, or add images")
     return train
 
 
@@ -73,7 +80,9 @@ def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[st
         return False
     if "val" not in parts:
         if wanted:
-            log.info("no validation images to search on (--val-split 0): fitting the given settings")
+            raise ConfigError(f"{fc.path}: --search measures each setting on validation images, "
+                              f"and none are held out (--val-split 0, or a single image of each "
+                              f"class): leave out --search, or hold some out")
         return False
     if fc.features.nbytes > max_memory:
         if wanted:
@@ -88,15 +97,11 @@ def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[st
     return True
 
 
-def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, max_memory: int,
-         eval_rows: np.ndarray | None = None):
-    """Fit ``head`` on the rows ``train``, in memory or streamed (a torch head in memory is
-    measured on ``eval_rows`` after every epoch); return the features as they stay for
-    evaluation (in memory, or on disk) and the batch size to read them in."""
-    features = fc.features
-    size = batch_rows(features, max_memory)
-    if features.nbytes <= max_memory:
-        features = features.read()
+def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures, train: np.ndarray,
+         params: dict, max_memory: int, eval_rows: np.ndarray | None = None) -> None:
+    """Fit ``head`` on the rows ``train`` of ``features``, in memory or streamed from disk (a
+    torch head in memory is measured on ``eval_rows`` after every epoch)."""
+    if isinstance(features, np.ndarray):
         if isinstance(head, TorchHead) and eval_rows is not None:
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
@@ -104,6 +109,7 @@ def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, ma
     elif isinstance(head, TorchHead):
         if "epochs" not in params:
             head.set_params(epochs=STREAM_EPOCHS)
+        size = batch_rows(features, max_memory)
         log.info("%s: features of %s, more than the %s memory budget: streaming them in batches "
                  "of %d rows", fc.path, size_text(features.nbytes), size_text(max_memory), size)
         fit_streamed(head, features, fc.labels, train, size)
@@ -113,7 +119,6 @@ def _fit(head, model: str, fc: FeatureCache, train: np.ndarray, params: dict, ma
             f"{features.shape[1]:,} {features.dtype}), more than the {size_text(max_memory)} memory "
             f"budget, and the {model} head needs them all in memory: use --model linear or mlp, "
             f"which stream them from disk, or raise --max-memory")
-    return features, size
 
 
 def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict | None = None,
@@ -145,13 +150,15 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
         raise DataError(f"{fc.path} holds no features: all {len(fc.failed)} of its images were "
                         f"skipped as unreadable (`featx check DATA` lists why)")
     parts = split_indices(fc.splits, fc.labels, val_split, seed)
-    train = _train_rows(fc, parts)
+    train = _train_rows(fc, parts, model)
     found, timings = None, {}
+    # Read once, where they fit the budget: the search, the fit and the evaluation share them.
+    features = fc.features.read() if fc.features.nbytes <= max_memory else fc.features
+    size = batch_rows(fc.features, max_memory)
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
         if _searching(search, model, fc, parts, max_memory):
             t0 = time.perf_counter()
-            found = probe(model, params, fc.features.read(), fc.labels, train, parts["val"],
-                           fc.classes, fc.paths)
+            found = probe(model, params, features, fc.labels, train, parts["val"], fc.classes, fc.paths)
             timings["search"] = time.perf_counter() - t0
         chosen = {**params, **(found.best.params if found else {})}
         head = make_head(model, **chosen)
@@ -168,8 +175,8 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
                if found else {}),
             **({"data": str(data)} if (data := data_folder(fc.path, fc.attrs)) else {})))
         t0 = time.perf_counter()
-        features, size = _fit(head, model, fc, fitted.get("train+val", train), params, max_memory,
-                              None if found else parts.get("val"))
+        _fit(head, model, fc, features, fitted.get("train+val", train), params, max_memory,
+             None if found else parts.get("val"))
         timings["fit"] = time.perf_counter() - t0
         bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
     except FeatxError:

@@ -83,6 +83,8 @@ def probe(model: str, fixed: dict, features: np.ndarray, labels: np.ndarray, tra
     """Fit head ``model`` on the rows ``train`` for each setting of its grid, measure each on
     ``val``, refine the best; None when there is nothing to search."""
     settings, refine = grid(model, fixed)
+    # A neighbour count above the training images cannot be fitted: those settings are not tried.
+    settings = [s for s in settings if s.get("n_neighbors", 0) <= len(train)]
     if not settings:
         return None
     X, y, Xv, yv = features[train], labels[train], features[val], labels[val]

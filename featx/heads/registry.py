@@ -60,6 +60,9 @@ HEADS: dict[str, Callable[..., BaseEstimator]] = {
     "svm": _svm, "knn": _knn,
 }
 DEFAULT_HEAD = "logistic"
+# Training images each class needs, where a head needs more than one: the svm calibrates its
+# probabilities on 3 folds of each class.
+MIN_CLASS_IMAGES = {"svm": 3}
 
 
 def class_proba(head: BaseEstimator, features: np.ndarray, n_classes: int) -> np.ndarray:

@@ -93,8 +93,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self._start(classes, *_standardisation(Xt))
         yt = torch.from_numpy(targets)
         if eval_set is not None:
-            Xv = torch.from_numpy(validate_data(self, eval_set[0], reset=False, dtype=np.float32))
-            yv = torch.from_numpy(np.searchsorted(classes, np.asarray(eval_set[1])))
+            # A class the head never saw cannot be scored by its loss: such images are left out.
+            Xv, yv = validate_data(self, eval_set[0], reset=False, dtype=np.float32), np.asarray(eval_set[1])
+            seen = np.isin(yv, classes)
+            Xv, yv = torch.from_numpy(Xv[seen]), torch.from_numpy(np.searchsorted(classes, yv[seen]))
         self.history_ = []
         for epoch in range(1, self.epochs + 1):
             row = dict(epoch=epoch, train_loss=self._epoch(Xt, yt))
