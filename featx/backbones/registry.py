@@ -44,7 +44,7 @@ def _registry() -> dict[str, BackboneSpec]:
     if not _BUILTIN_LOADED:
         from . import efficientnet_lite, torchvision_zoo
 
-        for spec in [efficientnet_lite.spec(), *torchvision_zoo.specs()]:
+        for spec in [*efficientnet_lite.specs(), *torchvision_zoo.specs()]:
             _add(_REGISTRY, spec)
         _BUILTIN_LOADED = True
     return _REGISTRY
