@@ -41,8 +41,11 @@ def history_png(history: list[dict], path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10, 4))
-    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+    # A head streamed from disk records its training loss alone: no empty accuracy chart for it.
+    metrics = [m for m in ("loss", "accuracy")
+               if any(h.get(f"{split}_{m}") is not None for h in history for split in ("train", "val"))]
+    fig = Figure(figsize=(5 * len(metrics), 4))
+    for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics, strict=True):
         for split, style in (("train", "o--"), ("val", "o-")):
             points = [(h["epoch"], h[f"{split}_{metric}"]) for h in history
                       if h.get(f"{split}_{metric}") is not None]

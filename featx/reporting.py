@@ -299,9 +299,8 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
                 if png.is_file() and png.name in b.files:
                     page.picture(section, png)
         if not (b.path / "history.png").is_file():
-            page.missing("curves", f"no training curves: a {b.model} head fitted this way records "
-                                   f"none (logistic, svm and knn have no epochs; a torch head "
-                                   f"streamed from disk keeps no curves)")
+            page.missing("curves", f"no training curves: a {b.model} head is fitted in one go, "
+                                   f"not epoch by epoch")
         if "search" in b.info:
             s = b.info["search"]
             keys = list(s["chosen"])

@@ -58,7 +58,7 @@ def test_the_report_of_a_fitted_bundle_has_every_section_and_picture(fitted, tmp
     # (no mistakes: red vs blue is easy; no curves: logistic has no epochs)
     pictures = _pictures(page)
     assert len(pictures) == r.pictures == 6 and all(im.width > 100 for im in pictures)
-    assert len(r.notes) == 1 and r.notes[0].startswith("curves: no training curves: a logistic head")
+    assert r.notes == ["curves: no training curves: a logistic head is fitted in one go, not epoch by epoch"]
     assert "no val image is wrong" in page and "broken.jpg" in page  # the skipped file, and why
     assert "labelled" in page and "95% interval" in page
 

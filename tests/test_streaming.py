@@ -90,7 +90,7 @@ def test_streamed_linear_head_matches_the_in_memory_one(blobs, caplog):
         assert streamed.metrics[split]["n"] == m["n"]
         assert streamed.metrics[split]["accuracy"] == pytest.approx(m["accuracy"], abs=1e-3)
         assert streamed.metrics[split]["loss"] == pytest.approx(m["loss"], rel=1e-3)
-    assert streamed.plots[0].name == "confusion_val.png"
+    assert [p.name for p in streamed.plots] == ["confusion_val.png", "history.png"]  # curves too
 
 
 def test_streaming_never_holds_the_matrix(tmp_path, monkeypatch, reads):

@@ -164,9 +164,10 @@ class _Run:
 
 
 def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out: Path,
-             recipe: Recipe, runtime: Runtime) -> _Run:
-    as_torch_head(source.head)  # an svm or knn head is refused before it is fitted again
-    head = as_torch_head(_head_fitted_on_train(source))
+             recipe: Recipe, runtime: Runtime, resume: bool) -> _Run:
+    head = as_torch_head(source.head)  # an svm or knn head is refused before it is fitted again
+    if not resume:  # resumed, the checkpoint's weights replace the head's
+        head = as_torch_head(_head_fitted_on_train(source))
     extractor = backbone_for(source)
     model = Classifier(extractor, head.module_)
     unfreeze, top = resolve_unfreeze(recipe.unfreeze, extractor)
@@ -306,7 +307,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
     check_out(out, own=checkpoint.WORK_FILES)  # before hours of training, not after
     board = Board(tensorboard) if tensorboard is not None else None
-    run = _prepare(source, dataset, parts, out, recipe, runtime)
+    run = _prepare(source, dataset, parts, out, recipe, runtime, resume)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in run.model.parameters()) - trainable
     name = run.model.extractor.spec.name

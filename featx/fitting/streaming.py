@@ -55,15 +55,21 @@ def _joined(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
 def fit_streamed(head: TorchHead, features: DiskFeatures, labels: np.ndarray, rows: np.ndarray,
                  size: int) -> None:
     """One pass for the standardisation (scikit-learn's float64 running mean and variance), then
-    ``head.epochs`` passes of ``partial_fit`` over batches of blocks in a new random order each."""
+    ``head.epochs`` passes of ``partial_fit`` over batches of blocks in a new random order each;
+    ``head.history_`` gets each pass's mean training loss, the training curve."""
     scaler = StandardScaler()
     for _, X in batches(features, rows, size):
         scaler.partial_fit(X)
     classes = np.unique(labels[rows])
     rng = np.random.default_rng(head.random_state)
-    for _ in range(head.epochs):
+    history = []
+    for epoch in range(1, head.epochs + 1):
+        total = 0.0
         for idx, X in batches(features, rows, size, rng):
             head.partial_fit(X, labels[idx], classes=classes, scaler=scaler)
+            total += head.loss_ * len(idx)
+        history.append(dict(epoch=epoch, train_loss=total / len(rows)))
+    head.history_ = history
 
 
 def evaluate(bundle: Bundle, features: np.ndarray | DiskFeatures, labels: np.ndarray,

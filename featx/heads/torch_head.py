@@ -133,7 +133,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         if len(unknown):
             raise ConfigError(f"labels {unknown.tolist()} are not among the classes "
                               f"{self.classes_.tolist()} given to the first partial_fit")
-        self._epoch(torch.from_numpy(X), torch.from_numpy(np.searchsorted(self.classes_, y)))
+        # As scikit-learn's MLPClassifier keeps it: the mean training loss of the last pass.
+        self.loss_ = self._epoch(torch.from_numpy(X), torch.from_numpy(np.searchsorted(self.classes_, y)))
         return self
 
     def _validate(self, X, y, reset: bool) -> tuple[np.ndarray, np.ndarray]:
