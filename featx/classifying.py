@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone
 from .backbones.weights import resolve
 from .data.folders import scan_unlabelled
 from .errors import ConfigError
-from .files import cell, check_csv_path, durable_write
+from .files import cell, check_csv_path, durable_write, result_name
 from .progress import progress_bar
 from .runner import loader
 from .runtime import Runtime, autocast_for
@@ -95,7 +94,9 @@ def classify(folder: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     # normalised, exactly as for extraction.
     model = FeatureExtractor(dataclasses.replace(spec, tap=lambda m: m), resolve(spec, weights))
     folder = Path(folder)
-    csv_path = Path(out) if out else Path("cache") / "classify" / _csv_name(folder, model)
+    # The weights' hash in the name keeps default and fine-tuned weights' results apart.
+    csv_path = Path(out) if out else Path("cache") / "classify" / result_name(
+        folder, model.spec.name, model.weights.sha256)
     check_csv_path(csv_path)
     model.to(device)
     _check_head(model, device, len(categories))
@@ -134,13 +135,6 @@ def _check_head(model: FeatureExtractor, device: torch.device, n_classes: int) -
                           f"values per image, not {n_classes} ImageNet class scores, so it cannot "
                           f"classify: use a backbone with an ImageNet classifier, such as "
                           f"{DEFAULT_BACKBONE}")
-
-
-def _csv_name(folder: Path, model: FeatureExtractor) -> str:
-    """``FOLDER-BACKBONE-HASH.csv``: the hash of the folder's path and of the weights keeps
-    ``a/val`` and ``b/val``, and default and fine-tuned weights, apart."""
-    key = f"{folder.resolve()}\0{model.weights.sha256}".encode("utf-8", "surrogateescape")
-    return f"{folder.resolve().name}-{model.spec.name}-{hashlib.sha256(key).hexdigest()[:8]}.csv"
 
 
 def _write_csv(path: Path, paths: list[str], top: int, tops: dict[int, list[tuple[str, float]]],

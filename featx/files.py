@@ -102,6 +102,14 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
+def result_name(folder: Path, what: str, key: str) -> str:
+    """``FOLDER-WHAT-HASH.csv``, the default name of a CSV about ``folder``: the hash of its
+    absolute path and of ``key`` (what else decides the result) keeps ``a/val`` and ``b/val``
+    apart, and results of other models of the same folder."""
+    digest = hashlib.sha256(f"{folder.resolve()}\0{key}".encode("utf-8", "surrogateescape"))
+    return f"{folder.resolve().name}-{what}-{digest.hexdigest()[:8]}.csv"
+
+
 def check_csv_path(path: Path) -> None:
     """Refuse, before any image is read, a CSV path that cannot be written."""
     if path.is_dir():

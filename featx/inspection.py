@@ -115,17 +115,16 @@ def _backbone_parameters(name: str) -> int:
     return sum(p.numel() for p in spec.tap(spec.build()).parameters())
 
 
-def _bundle_info(path: Path) -> Info:
-    b = load_bundle(path)
-    i = b.info
+def bundle_info(b: Bundle) -> Info:
+    """What a loaded bundle holds (``info`` for a path)."""
+    i, path = b.info, b.path
     made = json.loads((path / BUNDLE_FILE).read_text())  # checked by load_bundle
     files = ", ".join(f"{n} {size_text(e['size'])}" for n, e in b.files.items())
     params = ", ".join(f"{k}={v}" for k, v in (i.get("params") or {}).items()) or "defaults"
-    base = _backbone_parameters(b.identity.backbone)
     if "settings" in i:  # fine-tuned: the counts its run measured
         trainable, frozen = i.get("trainable", 0), i.get("frozen", 0)
     else:
-        trainable, frozen = _head_numbers(b), base
+        trainable, frozen = _head_numbers(b), _backbone_parameters(b.identity.backbone)
     facts = [("bundle", str(path)), ("files", files),
              ("made", f"featx {made.get('featx_version', '?')}, {made.get('created', '?')}"),
              ("head", f"{b.model} ({params}), fitted on {i.get('fitted_on', 'train')}"),
@@ -151,7 +150,7 @@ def info(path: str | os.PathLike) -> Info:
     """What the cache (an .h5 file) or bundle (a folder) at ``path`` holds."""
     path = Path(path)
     if (path / BUNDLE_FILE).is_file():
-        return _bundle_info(path)
+        return bundle_info(load_bundle(path))
     if path.is_file():
         return _cache_info(path)
     raise ConfigError(f"{path} is neither a feature cache (.h5) nor a model bundle (a folder with "

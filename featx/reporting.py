@@ -30,7 +30,7 @@ from .errors import CacheError, ConfigError, DataError, first_line
 from .evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
 from .files import durable_write
 from .finetuning.recipe import Recipe
-from .inspection import UNSPLIT, cache_counts, info
+from .inspection import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
         root = None
     with tempfile.TemporaryDirectory() as scratch:
         page = _Page(Path(scratch))
-        facts = info(b.path)
+        facts = bundle_info(b)  # the bundle loaded and checked once
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
         _data_section(page, b)
         page.add("metrics", _metrics_table(b.metrics))

@@ -8,7 +8,6 @@ seen.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -24,7 +23,7 @@ from .data.folders import Dataset, scan_unlabelled
 from .errors import ConfigError
 from .evaluation import Tally, metrics_line
 from .execution.exported import check
-from .files import cell, check_csv_path, durable_write
+from .files import cell, check_csv_path, durable_write, result_name
 from .plots import confusion_matrix_png
 from .runner import ExtractResult, update_cache
 from .runtime import Runtime, default_dtype
@@ -82,7 +81,8 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
-    csv_path = Path(out) if out else scores / _csv_name(folder, b)
+    named = Path(b.path or "bundle")
+    csv_path = Path(out) if out else scores / result_name(folder, named.name, str(named.resolve()))
     check_csv_path(csv_path)
     extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
                              dataset, model, dtype, runtime, desc="score")
@@ -117,13 +117,6 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
 def metrics_path(csv_path: Path) -> Path:
     """Where the metrics of a scored folder's labelled images go: beside its CSV."""
     return csv_path.with_suffix(".metrics.json")
-
-
-def _csv_name(folder: Path, bundle: Bundle) -> str:
-    """``FOLDER-BUNDLE-HASH.csv``: the hash of both paths keeps ``a/val`` and ``b/val`` apart."""
-    bundle_path = Path(bundle.path or "bundle")
-    key = f"{folder.resolve()}\0{bundle_path.resolve()}".encode("utf-8", "surrogateescape")
-    return f"{folder.resolve().name}-{bundle_path.name}-{hashlib.sha256(key).hexdigest()[:8]}.csv"
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
