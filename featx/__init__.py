@@ -43,6 +43,7 @@ _API = {
     "list_backbones": "backbones.registry",
     "BackboneSpec": "backbones.spec", "Preprocessing": "backbones.preprocessing",
     "FeatureExtractor": "backbones.extractor", "load_backbone": "backbones.extractor",
+    "backbone_layers": "backbones.extractor", "timm_backbone": "backbones.timm_zoo",
     "Bundle": "bundle", "load_bundle": "bundle",
     "FeatureCache": "cache.reader", "open_cache": "cache.reader", "write_cache": "cache.writer",
     "scan": "data.folders", "load_rgb": "data.images",

@@ -214,7 +214,7 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
     elif weights is None and bundle.path is not None and ident.weights_file in bundle.files:
         weights = bundle.path / ident.weights_file
     try:
-        model = load_backbone(ident.backbone, weights, ident.pool)
+        model = load_backbone(ident.backbone, weights, ident.pool, ident.layer_names)
     except WeightsUnavailableError as e:
         raise BundleError(f"{e} (the bundle {bundle.path} needs weights with sha256 "
                           f"{ident.weights_sha256})") from e

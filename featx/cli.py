@@ -13,9 +13,9 @@ import sys
 from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone, list_backbones
 from .backbones.spec import POOLS
 from .data.augmentation import AUGMENTATIONS
-from .errors import FeatxError
+from .errors import ConfigError, FeatxError
 from .files import size_text
-from .finetuning.recipe import Recipe
+from .finetuning.recipe import KEEP, Recipe
 from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .heads.registry import DEFAULT_HEAD, HEADS
 from .identity import DTYPES
@@ -119,12 +119,20 @@ def _recipe(p: argparse.ArgumentParser) -> None:
                    help="let BatchNorm re-estimate its statistics (default: kept frozen)")
     p.add_argument("--augment", default=",".join(_default(Recipe, "augment")), metavar="LIST",
                    help=f"comma-separated, from {', '.join(AUGMENTATIONS)}, or none (default: all)")
+    p.add_argument("--no-mix", dest="mix", action="store_false",
+                   help="keep the best epoch's weights as they are, without trying them mixed with "
+                        "the head's (WiSE-FT)")
+    p.add_argument("--keep", default=_default(Recipe, "keep"), choices=KEEP,
+                   help="auto: the fine-tuned model only where its gain over the head on val is "
+                        "larger than the val images can resolve (95%% interval above zero), else "
+                        "the head; finetuned: the fine-tuned model whatever the gain (default "
+                        "%(default)s)")
 
 
 def _recipe_of(args: argparse.Namespace) -> Recipe:
     augment = () if args.augment == "none" else tuple(filter(None, args.augment.split(",")))
     return Recipe(**{name: getattr(args, name) for name in _RECIPE_OPTIONS},
-                  train_bn=args.train_bn, augment=augment)
+                  train_bn=args.train_bn, augment=augment, mix=args.mix, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    command("backbones", "list the backbones, their feature size, input size and whether their "
-                         "weights are on disk")
+    p = command("backbones", "list the backbones, their feature size, input size and whether their "
+                             "weights are on disk; or one backbone's layers")
+    p.add_argument("name", nargs="?", help="a backbone: with --layers, list its layers")
+    p.add_argument("--layers", action="store_true",
+                   help="list the backbone's modules, the names `extract --layer` takes, with the "
+                        "shape of each one's output for one image")
 
     p = command("check", "read every image of a folder without extracting: list what extract would "
                          "skip and why, and images whose bytes repeat (across splits: leakage)")
@@ -155,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state-dict file to load, or 'none' for random init (default: the "
                         "backbone's ImageNet weights, from the torch hub cache or downloaded)")
     p.add_argument("--pool", default="avg", choices=POOLS, help="pooling of the feature map (default avg)")
+    p.add_argument("--layer", action="append", default=[], metavar="NAME",
+                   help="features from this module inside the base instead of its output (`featx "
+                        "backbones NAME --layers` lists them), pooled by --pool; repeat to join "
+                        "several")
     p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="the features' precision (default: float32 on a CPU, the GPU's mixed "
                         "precision on a GPU); float16 halves the file; bfloat16 on a CPU needs "
@@ -244,20 +260,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _backbones() -> None:
+def _backbones(name: str | None, layers: bool) -> None:
+    from .backbones import timm_zoo
     from .backbones.weights import is_on_disk  # torch
 
-    print(f"{'name':22s} {'dim':>5s} {'input':>5s}  {'weights':9s} source")
-    for name in list_backbones():
+    if layers or name:
+        if not layers:
+            raise ConfigError(f"`featx backbones {name}` lists one backbone's layers: add --layers")
+        from .backbones.extractor import backbone_layers
+
+        print(f"{'layer':40s} {'module':24s} output for one image")
+        for layer, kind, shape in backbone_layers(name or DEFAULT_BACKBONE):
+            print(f"{layer:40s} {kind:24s} {'x'.join(map(str, shape)) if shape else '-'}")
+        return
+    if not timm_zoo.available():
+        print(f"# {len(timm_zoo.MODELS)} more from timm ({', '.join(timm_zoo.MODELS)}): {timm_zoo.INSTALL}")
+    names = list_backbones()
+    width = max(map(len, names))
+    print(f"{'name':{width}s} {'dim':>5s} {'input':>5s} {'resize':>6s} {'interpolation':13s} "
+          f"{'weights':9s} source")
+    for name in names:
         spec = get_backbone(name)
-        print(f"{name:22s} {spec.feature_dim():5d} {spec.preprocessing.crop_size:5d}  "
-              f"{'on disk' if is_on_disk(spec) else 'download':9s} {spec.source}")
+        p = spec.preprocessing
+        print(f"{name:{width}s} {spec.feature_dim():5d} {p.crop_size:5d} {p.resize_size:6d} "
+              f"{p.interpolation:13s} {'on disk' if is_on_disk(spec) else 'download':9s} {spec.source}")
 
 
 def run(args: argparse.Namespace) -> None:
     # Each command imports only its own stage, so one command never pays for another's imports.
     if args.command == "backbones":
-        _backbones()
+        _backbones(args.name, args.layers)
     elif args.command == "check":
         from .checking import check
 
@@ -266,7 +298,8 @@ def run(args: argparse.Namespace) -> None:
         from .extraction import extract
 
         r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
-                    out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args))
+                    out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args),
+                    layers=tuple(args.layer))
         for path, err in r.failed:
             print(f"skipped {path}: {err}")
         print(r.summary())

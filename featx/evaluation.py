@@ -200,6 +200,28 @@ class Predictions:
                      for k in ("labels", "predicted", "confidence")))
 
 
+def paired_gain(before: Predictions, after: Predictions, z: float = Z95) -> dict:
+    """How much more accurate ``after`` is than ``before`` on the same images, with an interval.
+
+    Only the images on which the two disagree about being right carry information (McNemar's
+    view): the gain is (wins - losses) / n, and its interval is the Wilson interval of the share
+    of wins among those images, scaled to the gain. It is an interval above zero only when the
+    wins outnumber the losses by more than chance would: 5 wins to 0 do it, 6 to 3 do not.
+    Returns n, both accuracies, gain, low, high, wins and losses.
+    """
+    # By path, on the images both have: a resumed run may have lost or gained one since.
+    right = dict(zip(before.paths, before.predicted == before.labels, strict=True))
+    common = [i for i, p in enumerate(after.paths) if p in right]
+    now = (after.predicted == after.labels)[common]
+    was = np.array([right[after.paths[i]] for i in common], bool)
+    n, wins, losses = len(now), int((now & ~was).sum()), int((was & ~now).sum())
+    low, high = wilson_interval(wins, wins + losses, z)
+    share = (wins + losses) / max(n, 1)
+    return dict(n=n, before=float(was.mean()) if n else 0.0, after=float(now.mean()) if n else 0.0,
+                gain=(wins - losses) / max(n, 1), low=share * (2 * low - 1), high=share * (2 * high - 1),
+                wins=wins, losses=losses)
+
+
 def write_predictions(path: Path, found: dict[str, Predictions], classes: list[str]) -> Path:
     """One CSV row per held-out image: split, path, label, predicted class, its probability."""
     with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:

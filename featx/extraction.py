@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .backbones.extractor import load_backbone
 from .backbones.registry import DEFAULT_BACKBONE, get_backbone
+from .backbones.shapes import layer_shapes
 from .backbones.spec import check_pool
 from .cache.format import default_path
 from .data.folders import scan
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             weights: str | os.PathLike | None = None, pool: str = "avg",
             out: str | os.PathLike | None = None, dtype: str | None = None, force: bool = False,
-            runtime: Runtime | None = None) -> ExtractResult:
+            runtime: Runtime | None = None, layers: tuple[str, ...] = ()) -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
     ``weights``: None for the backbone's default weights, a state-dict path, or "none" (random,
@@ -32,18 +33,22 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     unchanged since; only new and changed images are extracted, unless ``force``. ``dtype``: the
     features' precision (``identity.DTYPES``; None: ``runtime.default_dtype``, float32 on a
     CPU). ``runtime``: device, batch size, workers, execution and decoding (``Runtime``'s
-    defaults when None).
+    defaults when None). ``layers``: module names inside the base (``backbone_layers``) whose
+    outputs, each pooled by ``pool``, are the features, one after the other.
     """
     runtime = runtime or Runtime()
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     # Settings are checked before a possibly long scan of the data, so a typo fails at once.
-    check_pool(get_backbone(backbone), pool)
+    spec, layers = get_backbone(backbone), tuple(layers)
+    check_pool(spec, pool, inside=bool(layers))
+    if layers:
+        layer_shapes(spec, layers)  # names checked on the structure alone: no weights, no memory
     device = runtime.torch_device()
     dtype = dtype or default_dtype(device)
     check(runtime.execution, dtype, device.type)
     dataset = scan(data)
-    model = load_backbone(backbone, weights, pool)
+    model = load_backbone(backbone, weights, pool, layers)
     path = Path(out) if out is not None and Path(out).suffix in (".h5", ".hdf5") else \
         default_path(dataset.root, model.identity(), dtype, out or "cache")
     if path.is_dir():

@@ -40,12 +40,19 @@ class FeatureIdentity:
     input_size: int
     preprocessing: dict  # ``Preprocessing.to_dict()``, as JSON gives it back (lists, not tuples)
     weights_file: str = field(default="", compare=False)
+    # Module names inside the base, comma-separated, whose pooled outputs the features are;
+    # "": the base's own output.
+    layers: str = ""
 
     def __post_init__(self) -> None:
         # Tuples become lists, as they will be when read back from a cache or bundle.
         object.__setattr__(self, "preprocessing", json.loads(json.dumps(self.preprocessing)))
         object.__setattr__(self, "feature_dim", int(self.feature_dim))
         object.__setattr__(self, "input_size", int(self.input_size))
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(filter(None, self.layers.split(",")))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +66,8 @@ class FeatureIdentity:
         """The sha256 that names these features stored as ``dtype``: equal keys, same features.
         (Its recipe is that of every cache written so far, so their keys still match.)"""
         compared = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
+        if not self.layers:  # as it was before features could come from inside the base
+            del compared["layers"]
         return hashlib.sha256(json.dumps({**compared, "dtype": dtype}, sort_keys=True).encode()).hexdigest()
 
     def mismatch(self, other: FeatureIdentity) -> str | None:

@@ -57,7 +57,8 @@ def identity_facts(ident: FeatureIdentity) -> list[tuple[str, str]]:
             f"{tuple(p['mean'])}, std {tuple(p['std'])}" if p else "not recorded")
     return [("backbone", ident.backbone),
             ("weights", f"{weights}, sha256 {ident.weights_sha256[:16]}"),
-            ("features", f"{ident.feature_dim} per image, {ident.pool} pooling"),
+            ("features", f"{ident.feature_dim} per image, {ident.pool} pooling"
+                         + (f" of layers {ident.layers}" if ident.layers else "")),
             ("preprocessing", done)]
 
 
@@ -121,7 +122,7 @@ def bundle_info(b: Bundle) -> Info:
     made = json.loads((path / BUNDLE_FILE).read_text())  # checked by load_bundle
     files = ", ".join(f"{n} {size_text(e['size'])}" for n, e in b.files.items())
     params = ", ".join(f"{k}={v}" for k, v in (i.get("params") or {}).items()) or "defaults"
-    if "settings" in i:  # fine-tuned: the counts its run measured
+    if "trainable" in i:  # fine-tuned: the counts its run measured
         trainable, frozen = i.get("trainable", 0), i.get("frozen", 0)
     else:
         trainable, frozen = _head_numbers(b), _backbone_parameters(b.identity.backbone)
@@ -138,6 +139,12 @@ def bundle_info(b: Bundle) -> Info:
         facts.append(("fine-tuned", f"from {i.get('finetuned_from')}: {s.get('unfreeze')} unfrozen, "
                                     f"best epoch {i.get('best_epoch')} of {s.get('epochs')}, lr "
                                     f"{s.get('lr')}, augment {', '.join(s.get('augment', [])) or 'none'}"))
+        if "verdict" in i:
+            v = i["verdict"]
+            facts.append(("verdict", f"{'fine-tuned model' if v['kept'] == 'finetuned' else 'head'} kept: "
+                                     f"val {v['before']:.4f} -> {v['after']:.4f}, gain "
+                                     f"{100 * v['gain']:+.2f} points (95% CI {100 * v['low']:+.2f} to "
+                                     f"{100 * v['high']:+.2f}) on {v['n']} images"))
     for key in ("cache", "data"):
         if i.get(key):
             facts.append((key, str(i[key]) + ("" if Path(i[key]).exists() else " (not found)")))

@@ -197,7 +197,9 @@ def _augmentation_pictures(page: _Page, found: _Images, dataset: Dataset, bundle
 
     from .data.augmentation import train_transform
 
-    settings = bundle.info.get("settings")
+    # A fine-tune whose verdict kept the head leaves its settings, but no model trained with them.
+    kept = bundle.info.get("verdict", {}).get("kept", "finetuned")
+    settings = bundle.info.get("settings") if kept == "finetuned" else None
     augment = settings.get("augment", []) if settings else Recipe().augment
     seed = settings.get("seed", 0) if settings else Recipe().seed
     held = dataset.samples

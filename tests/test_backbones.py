@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 import featx
+from featx.backbones import timm_zoo
 from featx.backbones.preprocessing import Preprocessing
 from featx.backbones.registry import get_backbone
 from featx.backbones.spec import BackboneSpec
@@ -18,7 +19,9 @@ def test_every_torchvision_classifier_is_registered_beside_the_lite_family():
     names = featx.list_backbones()
     assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert names[0] == featx.DEFAULT_BACKBONE
-    assert set(names[3:]) == set(torchvision.models.list_models(module=torchvision.models))
+    zoo = torchvision.models.list_models(module=torchvision.models)
+    assert set(names[3:3 + len(zoo)]) == set(zoo)
+    assert names[3 + len(zoo):] == list(timm_zoo.MODELS)  # the test extra has timm
     assert {"vgg16", "resnet50", "mobilenet_v2", "inception_v3", "vit_b_16", "regnet_y_400mf"} <= set(names)
 
 

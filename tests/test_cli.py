@@ -87,7 +87,7 @@ def test_finetune_end_to_end(capsys, tmp_path):
     (["extract", "nowhere"], "featx: error: nowhere is not a folder: give the folder that holds one "
                              "subfolder per class\n"),
     (["extract", ".", "--backbone", "vgg61"], "featx: error: unknown backbone 'vgg61': did you mean vgg19, "
-                                              "vgg16, vgg13? `featx backbones` lists the 83 available\n"),
+                                              "vgg16, vgg13? `featx backbones` lists the 92 available\n"),
     (["fit-head", "missing.h5"], "featx: error: no feature cache at missing.h5: run `featx extract DATA` "
                                  "first; it prints the path\n"),
     (["score", ".", "--model", "nothing"], "featx: error: nothing is not a featx model bundle (no "
@@ -134,10 +134,14 @@ def test_every_command_has_help_with_an_example(capsys):
 def test_backbones_lists_dims_inputs_and_weights(capsys):
     code, out, _ = run(capsys, "backbones")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["name", "dim", "input", "weights", "source"]
-    assert lines[1].split()[:4] == ["efficientnet_lite0", "1280", "224", "on"]
+    assert code == 0
+    assert lines[0].split() == ["name", "dim", "input", "resize", "interpolation", "weights", "source"]
+    assert lines[1].split()[:6] == ["efficientnet_lite0", "1280", "224", "256", "bicubic", "on"]
     vgg = next(line for line in lines if line.startswith("vgg16 "))
-    assert vgg.split()[:4] == ["vgg16", "512", "224", "download"]
+    assert vgg.split()[:6] == ["vgg16", "512", "224", "256", "bilinear", "download"]
+    clip = next(line for line in lines if line.startswith("vit_base_patch16_clip_224.openai "))
+    assert clip.split()[1:6] == ["768", "224", "248", "bicubic", "download"]
+    assert clip.endswith("weights huggingface.co/timm/vit_base_patch16_clip_224.openai")
     assert len(lines) == 1 + len(featx.list_backbones())
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,11 +12,13 @@ import torch
 from tqdm import tqdm
 
 import featx
+from featx.backbones import torchvision_zoo
 from featx.backbones.extractor import blocks, save_weights
 from featx.data.augmentation import AUGMENTATIONS, train_transform
 from featx.data.readers import Batch, ImageReader
+from featx.evaluation import Predictions, paired_gain
 from featx.finetuning import checkpoint, loop
-from featx.finetuning.model import Classifier, param_groups, resolve_unfreeze, train_mode
+from featx.finetuning.model import Classifier, learned_keys, mixed, param_groups, resolve_unfreeze, train_mode
 from featx.heads.torch_head import as_torch_head
 
 from conftest import FAST, QUIET, write_folder, write_image
@@ -90,12 +94,12 @@ def test_a_step_leaves_frozen_weights_and_batchnorm_statistics_bit_identical(tra
 
 
 def test_unfreeze_choices(lite0_random):
-    n = len(blocks(lite0_random.base))
+    n = len(blocks(lite0_random))
     assert n == 18  # stem, 16 MBConv blocks, head convolution
     assert resolve_unfreeze("auto", lite0_random)[0] == "top:6"
     assert resolve_unfreeze("all", lite0_random)[0] == "top:18"
     assert resolve_unfreeze("none", lite0_random) == ("top:0", [])
-    assert resolve_unfreeze("top:2", lite0_random)[1] == blocks(lite0_random.base)[-2:]
+    assert resolve_unfreeze("top:2", lite0_random)[1] == blocks(lite0_random)[-2:]
     with pytest.raises(featx.ConfigError, match="has only 18 blocks; use top:18 or all"):
         resolve_unfreeze("top:19", lite0_random)
     with pytest.raises(featx.ConfigError, match="use top:N .the last N of efficientnet_lite0's 18 blocks"):
@@ -104,12 +108,41 @@ def test_unfreeze_choices(lite0_random):
     assert resolve_unfreeze("auto", vgg)[0] == "top:3"  # its last conv block
 
 
+# One model of each torchvision family, and the offline default.
+ONE_OF_EACH = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3",
+               "maxvit_t", "mnasnet0_5", "mobilenet_v3_small", "regnet_x_400mf", "resnet18",
+               "resnext50_32x4d", "wide_resnet50_2", "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t",
+               "vgg11", "vgg11_bn", "vit_b_32", "efficientnet_lite0"]
+
+
+def test_every_family_is_cut_into_units_that_hold_each_weight_once():
+    assert {torchvision_zoo._family(n) for n in ONE_OF_EACH[:-1]} == set(torchvision_zoo._FAMILIES)
+    for name in ONE_OF_EACH:
+        spec = featx.backbones.registry.get_backbone(name)
+        try:
+            with torch.device("meta"):  # the structure without the memory or the initialisation
+                base = spec.tap(spec.build())
+        except NotImplementedError:  # RegNet computes its widths from tensors
+            base = spec.tap(spec.build())
+        found = blocks(SimpleNamespace(spec=spec, base=base, layers=()))
+        held = [id(p) for unit in found for p in unit.parameters()]
+        assert len(held) == len(set(held)) and set(held) == {id(p) for p in base.parameters()}, name
+        assert len(found) >= 4, name
+        assert 0 < (spec.finetune_top or math.ceil(len(found) / 3)) < len(found)  # auto: the top only
+    vit = featx.backbones.registry.get_backbone("vit_b_32")
+    with torch.device("meta"):
+        base = vit.tap(vit.build())
+    found = blocks(SimpleNamespace(spec=vit, base=base, layers=()))
+    assert len(found) == 1 + 12 and found[0].class_token is base.class_token
+    assert base.encoder.ln in found[-1].modules() and base.encoder.layers[-1] in found[-1].modules()
+
+
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "googlenet"])
 def test_saved_weights_load_back_as_the_same_backbone(tmp_path, name):
     # googlenet's tap drops its classifiers: the file must still load strictly.
     extractor = featx.load_backbone(name, weights="none")
     with torch.no_grad():
-        next(blocks(extractor.base)[-1].parameters()).mul_(1.5)
+        next(blocks(extractor)[-1].parameters()).mul_(1.5)
     w = save_weights(extractor, tmp_path / "backbone.safetensors")
     again = featx.load_backbone(name, weights=w.path)
     x = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
@@ -130,7 +163,7 @@ def test_augmentations_end_as_the_backbone_input(lite0_random, tmp_path):
 
 def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source, tmp_path):
     root, bundle = source
-    r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=2))
+    r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=2, keep="finetuned"))
     fitted = featx.load_bundle(bundle)
     # Epoch 0 is the converted head on the backbone, before any step: the head's own figures.
     assert r.history[0]["val_accuracy"] == fitted.metrics["val"]["accuracy"]
@@ -143,7 +176,16 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     assert sorted(p.name for p in r.bundle.iterdir()) == [
         "backbone.safetensors", "bundle.json", "confusion_val.png", "head.safetensors",
         "history.csv", "history.json", "history.png", "predictions.csv"]  # no checkpoint: gone with the run
-    assert re.search(r"val accuracy: head 1.0000 -> fine-tuned 1.0000 \(best epoch \d", r.summary())
+    # The best epoch, mixed with the head at a grid of weights and either side of the best of it.
+    assert r.best_epoch > 0 and r.verdict["kept"] == "finetuned"
+    alphas = [m["alpha"] for m in r.mixing]
+    assert alphas[0] == 0 and alphas[-1] == 1 and {0.25, 0.5, 0.75} < set(alphas) and len(alphas) in (6, 7)
+    assert r.mixing[0]["val_accuracy"] == r.history[0]["val_accuracy"]
+    assert r.mixing[-1]["val_loss"] == pytest.approx(r.history[r.best_epoch]["val_loss"], rel=1e-5)
+    assert r.metrics["val"]["accuracy"] == max(m["val_accuracy"] for m in r.mixing[1:])
+    assert re.search(r"val accuracy: head 1.0000 -> fine-tuned \d.\d{4} \(epoch \d", r.summary())
+    assert re.search(r"gain [+-]\d+.\d\d points on 6 val images \(95% CI [+-]\d+.\d\d to [+-]\d+.\d\d; "
+                     r"0 images newly right, \d newly wrong\): keeping the fine-tuned model", r.summary())
 
     tuned = featx.load_bundle(r.bundle)
     assert tuned.identity.weights_file == "backbone.safetensors"
@@ -153,6 +195,61 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     moved = r.bundle.rename(tmp_path / "moved")  # the bundle finds its backbone inside itself
     s = featx.score(root / "val", moved, runtime=QUIET)
     assert s.accuracy == r.metrics["val"]["accuracy"]
+
+
+def test_a_gain_the_validation_images_cannot_resolve_keeps_the_head_as_it_was(source, tmp_path):
+    root, bundle = source
+    r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=1))
+    fitted = featx.load_bundle(bundle)
+    assert r.verdict["kept"] == "head" and r.metrics == fitted.metrics
+    assert "not more than 6 images can tell from chance, so the bundle keeps the head" in r.summary()
+    assert r.finetuned_test["n"] == 4 and "(the fine-tuned model, not kept)" in r.summary()
+    assert featx.load_bundle(r.bundle).info["finetuned_test"] == r.finetuned_test  # measured, not kept
+    kept = featx.load_bundle(r.bundle)
+    # The head fit-head wrote, on the pretrained base: scores reuse the folder's features.
+    assert kept.identity == fitted.identity and kept.model == "logistic"
+    assert kept.info["verdict"] == r.verdict and kept.info["cache"] == fitted.info["cache"]
+    assert {"history.png", "predictions.csv", "confusion_val.png"} <= {p.name for p in r.bundle.iterdir()}
+    assert "backbone.safetensors" not in {p.name for p in r.bundle.iterdir()}
+    a, b = (featx.score(root / "test", path, runtime=QUIET, out=tmp_path / f"{name}.csv").csv.read_text()
+            for name, path in (("a", bundle), ("b", r.bundle)))
+    assert a == b
+
+
+def test_weights_mix_along_the_line_from_the_head_to_the_fine_tuned_model(lite0_random):
+    head = torch.nn.Linear(1280, 3)
+    model = Classifier(lite0_random, head)
+    top = blocks(lite0_random)[-2:]
+    keys = learned_keys(model, top)
+    assert any(k.startswith("head.") for k in keys) and any(".running_mean" in k for k in keys)
+    assert not any(k.startswith("extractor.base.features.0.") for k in keys)  # frozen: never kept
+    start = {k: v.clone() for k, v in model.state_dict().items() if k in keys}
+    end = {k: v + 1 if v.is_floating_point() else v + 5 for k, v in start.items()}
+    for alpha, want in ((0.0, start), (1.0, end)):
+        got = mixed(start, end, alpha)
+        assert all(torch.equal(got[k], want[k]) for k in keys)
+    half = mixed(start, end, 0.5)
+    torch.testing.assert_close(half["head.weight"], start["head.weight"] + 0.5)
+
+
+@pytest.mark.parametrize("wins, losses, resolved", [(5, 0, True), (4, 0, True), (6, 3, False),
+                                                    (10, 3, False), (30, 15, True), (0, 0, False)])
+def test_a_gain_counts_only_where_the_disagreements_say_more_than_chance(wins, losses, resolved):
+    n = 100
+    labels = np.zeros(n, int)
+    before = np.zeros(n, int)
+    before[:40] = 1                        # wrong on the first 40 images
+    after = before.copy()
+    after[:wins] = 0                       # right after on some of them
+    after[50:50 + losses] = 1              # right before, wrong after
+    paths = [f"{i}.png" for i in range(n)]
+    gain = paired_gain(Predictions(paths, labels, before, np.ones(n)),
+                       Predictions(paths[::-1], labels[::-1], after[::-1], np.ones(n)))  # matched by path
+    assert (gain["wins"], gain["losses"]) == (wins, losses)
+    assert gain["gain"] == pytest.approx((wins - losses) / n)
+    assert gain["after"] - gain["before"] == pytest.approx(gain["gain"])
+    assert gain["low"] <= gain["gain"] <= gain["high"]
+    assert (gain["low"] > 0) == resolved
 
 
 class Interrupt:
@@ -182,7 +279,9 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monk
     with pytest.raises(featx.ConfigError, match="the interrupted run had lr=0.001, this one has lr=0.01"):
         featx.finetune(root, bundle, out=tmp_path / "cut", resume=True, **tiny(epochs=2, lr=1e-2))
 
-    resumed = featx.finetune(root, bundle, out=tmp_path / "cut", resume=True, **tiny(epochs=2))
+    # When to stop and what to keep decide nothing an epoch learns: they may change on resuming.
+    resumed = featx.finetune(root, bundle, out=tmp_path / "cut", resume=True,
+                             **tiny(epochs=2, patience=5, mix=False))
     # Epochs 2 and 3 start from epoch 1's weights, optimizer state and seeds: the same run.
     for a, b in zip(whole.history[1:], resumed.history[1:], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-7)

@@ -33,7 +33,7 @@ def fitted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetuned(fitted):
     root, _, bundle = fitted
-    recipe = featx.Recipe(unfreeze="top:1", epochs=1, lr=1e-3)
+    recipe = featx.Recipe(unfreeze="top:1", epochs=1, lr=1e-3, keep="finetuned")
     return featx.finetune(root, bundle, out=bundle.parent / "tuned", recipe=recipe, runtime=QUIET,
                           tensorboard=bundle.parent / "tb").bundle
 

@@ -25,7 +25,7 @@ def fitted(tmp_path_factory):
     root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 4, "val": 2})
     cache = featx.extract(root, out=root.parent / "colours.h5", **FAST).path
     bundle = featx.fit_head(cache).bundle
-    recipe = featx.Recipe(unfreeze="top:1", epochs=1)
+    recipe = featx.Recipe(unfreeze="top:1", epochs=1, keep="finetuned")  # a bundle with a backbone
     tuned = featx.finetune(root, bundle, recipe=recipe, runtime=QUIET).bundle
     return root, bundle, tuned
 

@@ -25,7 +25,7 @@ def test_offline_and_not_cached_is_one_line_naming_url_and_destination(offline, 
                                                                         split_folder):
     spec = get_backbone("resnet18")
     dest = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert hub_path(spec.weights_url) == dest and not is_on_disk(spec)
+    assert hub_path(spec) == dest and not is_on_disk(spec)
 
     assert main(["extract", str(split_folder), "--backbone", "resnet18", "--no-progress"]) == 1
     err = capsys.readouterr().err
@@ -36,7 +36,7 @@ def test_offline_and_not_cached_is_one_line_naming_url_and_destination(offline, 
 
 def test_hub_cache_is_used_before_any_download(offline, torch_home):
     spec = get_backbone("resnet18")
-    path = hub_path(spec.weights_url)
+    path = hub_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = torchvision_resnet18_state()
     torch.save(state, path)

@@ -13,28 +13,34 @@ from ..errors import WeightsUnavailableError, first_line
 from ..files import sha256_file
 from ..identity import FeatureIdentity
 from ..state_file import write_tensors
+from .blocks import children
+from .layers import catch, caught, cut
 from .preprocessing import Preprocessing
 from .registry import DEFAULT_BACKBONE, get_backbone
-from .spec import BackboneSpec, check_pool
+from .shapes import layer_shapes, meta_base, meta_input
+from .spec import BackboneSpec, check_pool, pooled_dim
 from .weights import Weights, resolve
 
 
 def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
     if x.ndim == 2:
         return x
-    if pool == "avg":
-        return x.mean((2, 3))
-    if pool == "max":
-        return x.amax((2, 3))
-    return x.flatten(1)
+    if pool == "flatten":
+        return x.flatten(1)
+    over = (1,) if x.ndim == 3 else (2, 3)  # a transformer's tokens, or a feature map's positions
+    return x.mean(over) if pool == "avg" else x.amax(over)
 
 
 class FeatureExtractor(nn.Module):
-    """A frozen backbone: uint8 images (N×3×H×W) in, one feature vector per image out."""
+    """A frozen backbone: uint8 images (N×3×H×W) in, one feature vector per image out: the
+    base's own output, or with ``layers`` the outputs of those modules of it, each pooled, one
+    after the other."""
 
-    def __init__(self, spec: BackboneSpec, weights: Weights, pool: str = "avg"):
+    def __init__(self, spec: BackboneSpec, weights: Weights, pool: str = "avg",
+                 layers: tuple[str, ...] = ()):
         super().__init__()
-        self.spec, self.weights, self.pool = spec, weights, check_pool(spec, pool)
+        self.spec, self.weights, self.layers = spec, weights, tuple(layers)
+        self.pool = check_pool(spec, pool, inside=bool(self.layers))
         model = spec.build()
         if weights.path is not None:
             try:
@@ -44,6 +50,9 @@ class FeatureExtractor(nn.Module):
                     f"{weights.path} is not a state dict of {spec.name} ({first_line(e)}): pass the "
                     f"weights file of a {spec.name}, or leave out --weights") from e
         self.base = spec.tap(model)
+        if self.layers:
+            self.base = cut(self.base, self.layers, spec.name)
+            catch(self.base, self.layers)
         p = spec.preprocessing
         # (x/255 - mean)/std as one multiply-add on the raw uint8 values.
         self.register_buffer("shift", torch.tensor(p.mean).view(1, 3, 1, 1) * 255)
@@ -57,6 +66,9 @@ class FeatureExtractor(nn.Module):
 
     @property
     def feature_dim(self) -> int:
+        if self.layers:
+            return sum(pooled_dim(s, self.pool, self.spec.channels_last)
+                       for s in layer_shapes(self.spec, self.layers))
         return self.spec.feature_dim(self.pool)
 
     def identity(self) -> FeatureIdentity:
@@ -65,25 +77,35 @@ class FeatureExtractor(nn.Module):
                                pool=self.pool, feature_dim=self.feature_dim,
                                input_size=self.preprocessing.crop_size,
                                preprocessing=self.preprocessing.to_dict(),
-                               weights_file=self.weights.path.name if self.weights.path else "")
+                               weights_file=self.weights.path.name if self.weights.path else "",
+                               layers=",".join(self.layers))
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.to(self.shift.dtype) - self.shift) * self.scale
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _pool(self.base(self.normalise(images)), self.pool)
+        out = self.base(self.normalise(images))
+        if self.layers:
+            maps = caught(self.base, self.layers)
+            if self.spec.channels_last:
+                maps = [x.permute(0, 3, 1, 2) if x.ndim == 4 else x for x in maps]
+            return torch.cat([_pool(x, self.pool) for x in maps], 1)
+        return _pool(out, self.pool)
 
 
-def blocks(base: nn.Module) -> list[nn.Module]:
-    """The base's stages in forward order, the units ``--unfreeze top:N`` counts: its children
-    that hold parameters, looked for one level further down while there is only one."""
-    found = [base]
-    while len(found) == 1:
-        inner = [c for c in found[0].children() if next(c.parameters(), None) is not None]
-        if not inner:
-            break
-        found = inner
-    return found
+def blocks(extractor: FeatureExtractor) -> list[nn.Module]:
+    """The extractor's base in the units ``--unfreeze top:N`` counts, lowest first; with
+    ``layers``, those up to the last one that holds (or is inside) one of them, as nothing past
+    it shapes the features."""
+    found = (extractor.spec.blocks or children)(extractor.base)
+    if not extractor.layers:
+        return found
+    inside = {id(m) for layer in extractor.layers for m in extractor.base.get_submodule(layer).modules()}
+    reached = [i for i, unit in enumerate(found)
+               if any(id(m) in inside for m in unit.modules())
+               or any(extractor.base.get_submodule(layer) in unit.modules() for layer in extractor.layers)]
+    # A layer without weights (a pooling) of a base cut after it is in no unit: all are below it.
+    return found[:max(reached) + 1] if reached else found
 
 
 def save_weights(extractor: FeatureExtractor, path: str | os.PathLike) -> Weights:
@@ -91,24 +113,51 @@ def save_weights(extractor: FeatureExtractor, path: str | os.PathLike) -> Weight
     safetensors (data, never a pickle), which ``load_backbone(name, weights=path)`` reads like
     any downloaded weights."""
     path = Path(path)
-    model = extractor.spec.build()
+    spec = extractor.spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as load_backbone seeds a random base
+        model = spec.build()
+    if extractor.weights.path is not None:  # what the tap drops, or a cut base never ran, as loaded
+        model.load_state_dict(spec.convert_state_dict(extractor.weights.load()))
     # The state dict shares storage with the parameters, so it sees the values loaded through the
-    # tap; and it still holds what the tap drops (the classifier), so it loads strictly.
+    # tap. A base cut at --layer holds only the part up to it: the rest is as it was loaded.
     whole = model.state_dict()
-    extractor.spec.tap(model).load_state_dict(extractor.base.state_dict())
+    spec.tap(model).load_state_dict(extractor.base.state_dict(), strict=not extractor.layers)
     write_tensors(path, {k: v.contiguous() for k, v in whole.items()})
     return Weights(path, sha256_file(path))
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
-                  pool: str = "avg") -> FeatureExtractor:
-    """Build a frozen feature extractor; ``weights``: None (default weights), "none", or a path."""
+                  pool: str = "avg", layers: tuple[str, ...] = ()) -> FeatureExtractor:
+    """Build a frozen feature extractor; ``weights``: None (default weights), "none", or a path;
+    ``layers``: module names of the base (``featx backbones NAME --layers``) whose outputs,
+    pooled, are the features instead of the base's own output."""
     spec = get_backbone(name)
-    check_pool(spec, pool)
+    check_pool(spec, pool, inside=bool(layers))
     resolved = resolve(spec, weights)
     if resolved.path is None:
         # Random init is seeded so that a cache made with it can be recognised as up to date.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return FeatureExtractor(spec, resolved, pool)
-    return FeatureExtractor(spec, resolved, pool)
+            return FeatureExtractor(spec, resolved, pool, layers)
+    return FeatureExtractor(spec, resolved, pool, layers)
+
+
+def backbone_layers(name: str) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """Each module of the backbone's base, what ``--layer`` takes: its name, type and the shape
+    of one image's output (None where that is not one tensor, or the module does not run)."""
+    spec = get_backbone(name)
+    base = meta_base(spec)
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        def keep(_module, _args, out):
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(out.shape[1:])
+        return keep
+
+    for name, module in base.named_modules():
+        if name:
+            module.register_forward_hook(hook(name))
+    base(meta_input(spec))
+    return [(name, type(m).__name__, shapes.get(name)) for name, m in base.named_modules() if name]

@@ -25,6 +25,20 @@ def _shapes_file() -> Path:
     return Path(torch.hub.get_dir()).parent / "featx" / name
 
 
+def meta_base(spec: BackboneSpec) -> torch.nn.Module:
+    """The backbone's tapped base on the meta device: its structure, without memory or weights."""
+    try:
+        with torch.device("meta"):
+            return spec.tap(spec.build()).eval()
+    except NotImplementedError:  # RegNet's constructor computes its widths with real tensors
+        return spec.tap(spec.build()).to("meta").eval()
+
+
+def meta_input(spec: BackboneSpec) -> torch.Tensor:
+    size = spec.preprocessing.crop_size
+    return torch.empty(1, 3, size, size, device="meta")
+
+
 @functools.cache
 def output_shape(spec: BackboneSpec) -> tuple[int, ...]:
     """Shape of one image's output of the tap."""
@@ -35,15 +49,20 @@ def output_shape(spec: BackboneSpec) -> tuple[int, ...]:
         known = {}
     key = f"{spec.name}@{spec.preprocessing.crop_size}"
     if key not in known:
-        try:
-            with torch.device("meta"):
-                base = spec.tap(spec.build())
-        except NotImplementedError:  # RegNet's constructor computes its widths with real tensors
-            base = spec.tap(spec.build()).to("meta")
-        size = spec.preprocessing.crop_size
-        known[key] = list(base.eval()(torch.empty(1, 3, size, size, device="meta")).shape[1:])
+        known[key] = list(meta_base(spec)(meta_input(spec)).shape[1:])
         with contextlib.suppress(OSError):  # a read-only home only costs the dry run next time
             path.parent.mkdir(parents=True, exist_ok=True)
             with durable_write(path, path.with_suffix(f".{os.getpid()}.tmp")) as tmp:
                 tmp.write_text(json.dumps(known, sort_keys=True))
     return tuple(known[key])
+
+
+@functools.cache
+def layer_shapes(spec: BackboneSpec, layers: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """Shape of one image's output of each of ``layers`` inside the base."""
+    from .layers import catch, caught, cut
+
+    base = cut(meta_base(spec), layers, spec.name)
+    catch(base, layers)
+    base(meta_input(spec))
+    return [tuple(out.shape[1:]) for out in caught(base, layers)]

@@ -36,8 +36,14 @@ class BackboneSpec:
     tap: Callable[[nn.Module], nn.Module]
     spatial: bool
     weights_url: str | None = None
+    # The downloaded file's name in the torch hub cache; None: the URL's last part.
+    weights_name: str | None = None
     weights_file: Path | None = None
     convert_state_dict: Callable[[dict], dict] = field(default=lambda sd: sd)
+    # Its feature maps inside the base are N×H×W×C (Swin), for ``--layer``'s pooling.
+    channels_last: bool = False
+    # The base's units for ``--unfreeze`` (``blocks``); None: its children.
+    blocks: Callable[[nn.Module], list[nn.Module]] | None = None
     # How many of the base's top ``blocks`` fine-tuning unfreezes by default; None: the top third.
     finetune_top: int | None = None
 
@@ -45,14 +51,24 @@ class BackboneSpec:
         from .shapes import output_shape  # a dry run of the network: torch, paid only here
 
         check_pool(self, pool)
-        shape = output_shape(self)
-        return math.prod(shape) if pool == "flatten" else shape[0]
+        return pooled_dim(output_shape(self), pool)
 
 
-def check_pool(spec: BackboneSpec, pool: str) -> str:
+def pooled_dim(shape: tuple[int, ...], pool: str, channels_last: bool = False) -> int:
+    """Features of one image's output of ``shape`` (no batch axis) pooled by ``pool``: a vector
+    as it is, a feature map (C, H, W, or H, W, C when ``channels_last``) or a transformer's
+    tokens (T, C) to C, or all flattened."""
+    if pool == "flatten" or len(shape) == 1:
+        return math.prod(shape)
+    return shape[-1] if len(shape) == 2 or channels_last else shape[0]
+
+
+def check_pool(spec: BackboneSpec, pool: str, inside: bool = False) -> str:
+    """``pool`` if it is one the backbone's output allows; ``inside``: of a layer inside the base
+    (``--layer``), where any is, as the layer's shape decides what it does."""
     if pool not in POOLS:
         raise ConfigError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
-    if pool != "avg" and not spec.spatial:
+    if pool != "avg" and not spec.spatial and not inside:
         raise ConfigError(f"{spec.name} has no convolutional feature map, so --pool {pool} is not "
                           f"possible: use --pool avg (its own pooled representation)")
     return pool

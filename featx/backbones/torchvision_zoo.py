@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from torch import nn
 from torchvision import models
 
+from . import blocks
 from .preprocessing import Preprocessing
 from .spec import BackboneSpec
 
@@ -74,9 +75,15 @@ _FAMILIES: dict[str, tuple[Callable[[nn.Module], nn.Module], bool]] = {
 }
 
 
+# The units of --unfreeze where they are not the base's children (``blocks.children``).
+_BLOCKS = {"vit": blocks.vit, "swin": blocks.stages, "convnext": blocks.stages,
+           "maxvit": blocks.maxvit, "vgg": blocks.conv_bn}
+
 # Fine-tuning defaults that differ from the top third of the base's blocks: VGG's last
-# convolutional block (its three conv layers), as in Chollet's VGG16 fine-tuning recipe.
-_FINETUNE_TOP = {"vgg": 3}
+# convolutional block (its three conv layers), as in Chollet's VGG16 fine-tuning recipe;
+# Inception v3's top two inception blocks, as in the Keras applications' own recipe; the
+# last stage of ConvNeXt, Swin and MaxViT, which already holds more than half of their weights.
+_FINETUNE_TOP = {"vgg": 3, "inception": 2, "convnext": 1, "swin": 1, "maxvit": 1}
 
 
 def _family(name: str) -> str:
@@ -111,4 +118,6 @@ def specs() -> Iterator[BackboneSpec]:
         yield BackboneSpec(
             name=name, source=f"torchvision {weights}", preprocessing=preprocessing_of(weights),
             build=functools.partial(_build, name), tap=tap, spatial=spatial,
-            weights_url=weights.url, finetune_top=_FINETUNE_TOP.get(_family(name)))
+            weights_url=weights.url, blocks=_BLOCKS.get(_family(name)),
+            channels_last=_family(name) == "swin",
+            finetune_top=_FINETUNE_TOP.get(_family(name)))

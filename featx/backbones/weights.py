@@ -37,9 +37,10 @@ class Weights:
                 f"a state-dict file (.safetensors, .pt or .pth) or leave out --weights") from e
 
 
-def hub_path(url: str) -> Path:
-    """Where torchvision's own loader keeps a downloaded file (honours TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+def hub_path(spec: BackboneSpec) -> Path:
+    """Where the spec's download is kept: torchvision's own place for it (honours TORCH_HOME)."""
+    name = spec.weights_name or os.path.basename(spec.weights_url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
 def resolve(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> Weights:
@@ -58,14 +59,14 @@ def resolve(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> Wei
     elif spec.weights_file is not None:
         path = spec.weights_file
     else:
-        path = hub_path(spec.weights_url)
+        path = hub_path(spec)
         if not path.is_file():
             _download(spec, path)
     return Weights(path, sha256_file(path))
 
 
 def is_on_disk(spec: BackboneSpec) -> bool:
-    path = spec.weights_file or hub_path(spec.weights_url)
+    path = spec.weights_file or hub_path(spec)
     return path.is_file()
 
 

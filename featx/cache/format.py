@@ -44,10 +44,12 @@ STRING = h5py.string_dtype("utf-8")
 
 def default_path(data_root: Path, identity: FeatureIdentity, dtype: str,
                  out_dir: str | os.PathLike = "cache") -> Path:
-    """``cache/<dataset>-<backbone>-<pool>[-float16]-<hash>.h5``; the hash covers the absolute
+    """``cache/<dataset>-<backbone>[-<layers>]-<pool>[-float16]-<hash>.h5``; the hash covers the absolute
     dataset path and every setting that changes a feature."""
     short = hashlib.sha256(f"{data_root.resolve()}\0{identity.key(dtype)}".encode()).hexdigest()[:10]
     parts = [data_root.resolve().name, identity.backbone, identity.pool]
+    if identity.layers:
+        parts.insert(2, identity.layers.replace(",", "+"))
     if dtype != "float32":
         parts.append(dtype)
     return Path(out_dir) / f"{'-'.join(parts)}-{short}.h5"

@@ -69,7 +69,10 @@ def fold_batchnorm(model: FeatureExtractor, probe: torch.Tensor
     it; how many were folded; and the largest difference of its features from ``model``'s on the
     uint8 batch ``probe``, relative to the largest feature."""
     folded = copy.deepcopy(model)
-    pairs = _bn_pairs(folded.base, folded.normalise(probe))
+    # A layer the features are caught at (--layer) keeps its own output: neither folded nor gone.
+    caught = {id(folded.base.get_submodule(layer)) for layer in folded.layers}
+    pairs = [(conv, bn) for conv, bn in _bn_pairs(folded.base, folded.normalise(probe))
+             if id(conv) not in caught and id(bn) not in caught]
     identity = {id(bn) for _, bn in pairs}
     for conv, bn in pairs:
         _fold(conv, bn)

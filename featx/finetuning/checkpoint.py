@@ -18,6 +18,7 @@ from ..plots import history_png
 from ..state_file import load_state, save_state
 from .loop import Trainer
 from .model import Classifier
+from .recipe import AFTER_TRAINING
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,19 @@ CHECKPOINT = "checkpoint.safetensors"
 WORK_FILES = (CHECKPOINT, "history.json", "history.csv", "history.png")
 
 
-def snapshot(epoch: int, val_metrics: dict, predictions: Predictions, model: Classifier) -> dict:
-    """What is kept of the best epoch: its weights, and its validation predictions."""
+def snapshot(epoch: int, val_metrics: dict, predictions: Predictions, model: Classifier,
+             keys: list[str]) -> dict:
+    """What is kept of an epoch (the first, the best): its validation metrics and predictions,
+    and its weights, those named in ``keys`` (``model.learned_keys``: the rest never change)."""
+    state = model.state_dict()
     return dict(epoch=epoch, metrics=val_metrics, predictions=dataclasses.asdict(predictions),
-                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                state={k: state[k].detach().cpu().clone() for k in keys})
 
 
-def predictions(best: dict) -> Predictions:
-    """The best epoch's validation predictions, as ``snapshot`` kept them (or a checkpoint
-    gave them back, as tensors)."""
-    kept = best["predictions"]
+def predictions(kept: dict) -> Predictions:
+    """A snapshot's validation predictions, as ``snapshot`` kept them (or a checkpoint gave them
+    back, as tensors)."""
+    kept = kept["predictions"]
     return Predictions(list(kept["paths"]),
                        *(np.asarray(kept[k]) for k in ("labels", "predicted", "confidence")))
 
@@ -50,10 +54,10 @@ def write_history(history: list[dict], out: Path, title: str) -> Path:
 
 
 def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history: list[dict],
-         best: dict) -> None:
+         start: dict, best: dict) -> None:
     save_state(path, dict(config=config, model=model.state_dict(), optimizer=trainer.optimizer.state_dict(),
                           scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
-                          history=history, best=best))
+                          history=history, start=start, best=best))
 
 
 def check_start(path: Path, resume: bool) -> None:
@@ -65,18 +69,19 @@ def check_start(path: Path, resume: bool) -> None:
         raise ConfigError(f"nothing to resume: {path} does not exist; run without --resume")
 
 
-def resume(path: Path, config: dict, model: Classifier, trainer: Trainer) -> tuple[list[dict], dict]:
+def resume(path: Path, config: dict, model: Classifier, trainer: Trainer
+           ) -> tuple[list[dict], dict, dict]:
     """Load the checkpoint into ``model`` and ``trainer``, refusing one made with another recipe;
-    returns its history and best epoch."""
+    returns its history, first epoch and best epoch."""
     # On the CPU: load_state_dict copies each tensor to where its parameter lives.
     try:
         state = load_state(path)
     except ValueError as e:
         raise ConfigError(f"cannot read {path} ({e}): delete it and run without --resume") from e
-    if "predictions" not in state.get("best", {}):  # an earlier featx kept less of the best epoch
+    if "start" not in state:  # an earlier featx kept less
         raise ConfigError(f"{path} was written by an earlier featx: delete it and run without --resume")
     for key, value in config.items():
-        if state["config"].get(key) != value:
+        if key not in AFTER_TRAINING and state["config"].get(key) != value:
             raise ConfigError(f"--resume: the interrupted run had {key}={state['config'].get(key)}, "
                               f"this one has {key}={value}: run with the same settings")
     model.load_state_dict(state["model"])
@@ -85,4 +90,4 @@ def resume(path: Path, config: dict, model: Classifier, trainer: Trainer) -> tup
     if state["scaler"]:  # empty when the interrupted run needed no scaler (CPU, bfloat16)
         trainer.scaler.load_state_dict(state["scaler"])
     log.info("resuming after epoch %d", state["history"][-1]["epoch"])
-    return state["history"], state["best"]
+    return state["history"], state["start"], state["best"]

@@ -27,7 +27,7 @@ class Classifier(nn.Module):
 def resolve_unfreeze(unfreeze: str, extractor: FeatureExtractor) -> tuple[str, list[nn.Module]]:
     """``auto`` (the backbone's default: its own, else the top third), ``top:N``, ``all`` or
     ``none``; returns it as ``top:N`` and the blocks it names, lowest first."""
-    found = blocks(extractor.base)
+    found = blocks(extractor)
     if unfreeze == "auto":
         n = extractor.spec.finetune_top or math.ceil(len(found) / 3)
     elif unfreeze in ("all", "none"):
@@ -41,6 +41,25 @@ def resolve_unfreeze(unfreeze: str, extractor: FeatureExtractor) -> tuple[str, l
         raise ConfigError(f"--unfreeze {unfreeze}: {extractor.spec.name} has only {len(found)} blocks; "
                           f"use top:{len(found)} or all")
     return f"top:{n}", found[len(found) - n:]
+
+
+def learned_keys(model: Classifier, top: list[nn.Module]) -> list[str]:
+    """The state entries fine-tuning can change: the head's and the unfrozen blocks' (weights,
+    and BatchNorm statistics, which ``train_bn`` lets move); all else is the base as it was
+    loaded, so a snapshot keeps only these. Found by identity, as a block may group parts of
+    the base."""
+    owned = {id(t) for unit in [model.head, *top] for t in (*unit.parameters(), *unit.buffers())}
+    return [k for k, v in model.state_dict(keep_vars=True).items() if id(v) in owned]
+
+
+def mixed(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+          ) -> dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al., 2022): the weights ``alpha`` of the way from ``start`` (the head
+    on the pretrained base) to ``end`` (fine-tuned). Both lie in one basin, as fine-tuning at a
+    low rate moves little, so the line between them stays good, and its middle often beats both
+    ends on new images: the fine-tune's gain, with less of what it fitted to the few it saw."""
+    return {k: torch.lerp(v, end[k], alpha) if v.is_floating_point() else (end[k] if alpha else v)
+            for k, v in start.items()}
 
 
 def param_groups(model: Classifier, top: list[nn.Module], lr: float, lr_decay: float,

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from ..data.augmentation import AUGMENTATIONS, check_augment
 from ..errors import ConfigError
 
+# Settings that decide nothing an epoch learns, only when training stops and what is kept after:
+# they may change when a run is resumed.
+AFTER_TRAINING = ("patience", "mix", "keep")
+
+# What a fine-tune's bundle holds: "auto", the fine-tuned model where its gain over the head is
+# resolved by the validation images, else the head; "finetuned", the fine-tuned model regardless.
+KEEP = ("auto", "finetuned")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -17,9 +25,14 @@ class Recipe:
     statistics (default: kept frozen). ``lr`` is AdamW's peak rate after ``warmup`` epochs, a
     tenth of the dense heads' rate, then a cosine decay to zero; each lower block learns at
     ``lr_decay`` times the rate of the one above. ``clip``: the gradient norm (0: no clipping).
-    Training stops after ``patience`` epochs without a better validation accuracy; the best
-    epoch is kept. ``augment``: from ``AUGMENTATIONS``; ``seed`` seeds shuffling, augmentation
-    and dropout, per epoch."""
+    Training stops after ``patience`` epochs without a better validation accuracy (by default
+    never before the last: an epoch chosen early on a noisy validation set is noise, and the
+    schedule's low-rate end is where fine-tuning settles). ``mix``: then try the best epoch's
+    weights mixed with the head's (WiSE-FT), the mixing weight chosen on validation. ``keep``:
+    auto keeps the fine-tuned model only where its gain over the head is larger than the
+    validation images can resolve (a 95 % interval above zero), else the head as fit-head wrote
+    it; finetuned keeps the fine-tuned model whatever the gain. ``augment``: from
+    ``AUGMENTATIONS``; ``seed`` seeds shuffling, augmentation and dropout, per epoch."""
 
     unfreeze: str = "auto"
     train_bn: bool = False
@@ -31,7 +44,9 @@ class Recipe:
     warmup: float = 1.0
     clip: float = 1.0
     augment: tuple[str, ...] = AUGMENTATIONS
-    patience: int = 3
+    patience: int = 10
+    mix: bool = True
+    keep: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -43,6 +58,8 @@ class Recipe:
                       warmup=(self.warmup >= 0, "at least 0"),
                       clip=(self.clip >= 0, "at least 0 (0: no clipping)"),
                       patience=(self.patience >= 1, "at least 1"))
+        if self.keep not in KEEP:
+            raise ConfigError(f"--keep {self.keep}: choose from {', '.join(KEEP)}")
         for name, (ok, allowed) in limits.items():
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be {allowed}")

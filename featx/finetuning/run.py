@@ -3,7 +3,10 @@
 The fitted head becomes a torch layer on the backbone that predicts exactly as before (epoch 0 of
 the history measures it), the top blocks of the base are unfrozen with BatchNorm statistics kept
 frozen, and both train at a low rate on augmented images. Every epoch ends with a validation pass
-and a checkpoint: the best epoch is what is kept, and an interrupted run continues where it was.
+and a checkpoint, so an interrupted run continues where it was. The best epoch is then mixed with
+the head's weights (WiSE-FT), and the best of those is kept only where its gain over the head is
+larger than the validation images can resolve: otherwise the bundle is the head, unchanged, as a
+fine-tune judged on a few images is as likely to be worse on new ones as better.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +25,21 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
-from ..bundle import Bundle, backbone_for, check_out, load_bundle
+from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle
 from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
 from ..data.readers import ImageReader, collate
 from ..errors import BundleError, CacheError, DataError
-from ..evaluation import PREDICTIONS_FILE, Predictions, split_digest, split_indices, write_predictions
+from ..evaluation import (
+    PREDICTIONS_FILE,
+    Predictions,
+    metrics_line,
+    paired_gain,
+    split_digest,
+    split_indices,
+    write_predictions,
+)
 from ..heads.registry import make_head
 from ..heads.torch_head import TorchHead, as_torch_head
 from ..plots import confusion_matrix_png
@@ -35,10 +47,14 @@ from ..progress import progress_bar
 from ..runtime import Runtime, autocast_for
 from ..tensorboard import Board
 from . import checkpoint, loop
-from .model import Classifier, param_groups, resolve_unfreeze, schedule, train_mode
+from .model import Classifier, learned_keys, mixed, param_groups, resolve_unfreeze, schedule, train_mode
 from .recipe import Recipe
 
 BACKBONE_FILE = "backbone.safetensors"
+# WiSE-FT mixing weights tried first (0 is the head, 1 the best epoch), then the points this far
+# either side of the best of them.
+MIX_GRID = (0.25, 0.5, 0.75)
+MIX_STEP = 0.125
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +62,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FinetuneResult:
     bundle: Path
-    metrics: dict           # split -> {"n", "accuracy", "loss"}, with the best epoch's weights
+    metrics: dict           # split -> metrics (``evaluation.Tally``) of what the bundle holds
     history: list[dict]     # one row per epoch; epoch 0 is the head as fit-head left it
     best_epoch: int
     unfreeze: str
@@ -54,6 +70,10 @@ class FinetuneResult:
     frozen: int
     seconds: float
     plots: list[Path]
+    mixing: list[dict]      # alpha, val_accuracy, val_loss: each weight tried, 0 the head, 1 the best epoch
+    verdict: dict           # ``evaluation.paired_gain`` of the best fine-tuned weights over the
+                            # head on val, their epoch and alpha, and what was kept: head or finetuned
+    finetuned_test: dict | None = None  # those weights' test metrics, kept or not
 
     def summary(self) -> str:
         def cell(v, fmt):
@@ -64,15 +84,34 @@ class FinetuneResult:
         lines += [f"{h['epoch']:5d} {cell(h['lr'], '8.1e')} {cell(h['train_loss'], '10.4f')} "
                   f"{cell(h['train_accuracy'], '9.4f')} {h['val_loss']:8.4f} {h['val_accuracy']:7.4f} "
                   f"{h['seconds']:7.1f} {cell(h['images_per_second'], '6.1f')}" for h in self.history]
-        head, best = self.history[0], self.history[self.best_epoch]
-        lines.append(f"val accuracy: head {head['val_accuracy']:.4f} -> fine-tuned "
-                     f"{best['val_accuracy']:.4f} (best epoch {self.best_epoch}, {self.unfreeze} "
-                     f"unfrozen, {self.trainable:,} of {self.trainable + self.frozen:,} parameters)")
-        if "test" in self.metrics:
-            lines.append(f"test accuracy: {self.metrics['test']['accuracy']:.4f} "
-                         f"(n={self.metrics['test']['n']}, loss {self.metrics['test']['loss']:.4f})")
-        lines.append(f"fine-tuned in {self.seconds:.0f} s -> {self.bundle}")
-        return "\n".join(lines)
+        if len(self.mixing) > 2:
+            lines.append("mixed with the head (WiSE-FT), val accuracy at each weight: " + ", ".join(
+                f"{m['alpha']:g} {m['val_accuracy']:.4f}" for m in self.mixing))
+        v = self.verdict
+        mix = f", mixed {v['alpha']:g} of the way from the head" if v["alpha"] < 1 else ""
+        lines.append(f"val accuracy: head {v['before']:.4f} -> fine-tuned {v['after']:.4f} (epoch "
+                     f"{v['epoch']}{mix}; {self.unfreeze} unfrozen, {self.trainable:,} of "
+                     f"{self.trainable + self.frozen:,} parameters)")
+        gain = (f"gain {100 * v['gain']:+.2f} points on {v['n']} val images (95% CI "
+                f"{100 * v['low']:+.2f} to {100 * v['high']:+.2f}; {v['wins']} images newly right, "
+                f"{v['losses']} newly wrong)")
+        if v["kept"] == "finetuned":
+            lines.append(f"{gain}: keeping the fine-tuned model" + (
+                "" if v["low"] > 0 else ", as --keep finetuned asks, though the gain is not resolved"))
+        elif v["high"] < 0:
+            lines.append(f"{gain}: the fine-tuned model is worse, so the bundle keeps the head as "
+                         f"fit-head wrote it")
+        else:
+            lines.append(f"{gain}: not more than {v['n']} images can tell from chance, so the "
+                         f"bundle keeps the head as fit-head wrote it (--keep finetuned keeps the "
+                         f"fine-tuned model)")
+        return "\n".join([*lines, *self._closing()])
+
+    def _closing(self) -> list[str]:
+        lines = [metrics_line("test", self.metrics["test"])] if "test" in self.metrics else []
+        if self.verdict["kept"] == "head" and self.finetuned_test:
+            lines.append(metrics_line("test", self.finetuned_test) + "  (the fine-tuned model, not kept)")
+        return [*lines, f"fine-tuned in {self.seconds:.0f} s -> {self.bundle}"]
 
 
 def _head_split(source: Bundle, needed: str) -> tuple[FeatureCache, dict[str, np.ndarray]]:
@@ -157,6 +196,7 @@ class _Run:
     runtime: Runtime               # for validation passes: the base as it is, at the recipe's batch size
     out: Path
     config: dict                   # what a resumed run must share with this one
+    keys: list[str]                # the state entries training changes (``learned_keys``)
 
     @property
     def checkpoint(self) -> Path:
@@ -188,11 +228,12 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
     validation = dataclasses.replace(runtime, execution="eager",
                                      batch_size=runtime.batch_size or recipe.batch_size)
     return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), validation,
-                out, config)
+                out, config, learned_keys(model, top))
 
 
-def _start(run: _Run, resume: bool) -> tuple[list[dict], dict]:
-    """The history and best epoch so far: the checkpoint's, or epoch 0, the head as it was."""
+def _start(run: _Run, resume: bool) -> tuple[list[dict], dict, dict]:
+    """The history, epoch 0 (the head as it was) and the best trained epoch so far: the
+    checkpoint's, or epoch 0 standing in for one, before any."""
     checkpoint.check_start(run.checkpoint, resume)
     if resume:
         return checkpoint.resume(run.checkpoint, run.config, run.model, run.trainer)
@@ -201,7 +242,8 @@ def _start(run: _Run, resume: bool) -> tuple[list[dict], dict]:
     history = [dict(epoch=0, lr=None, train_loss=None, train_accuracy=None,
                     val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
                     seconds=time.perf_counter() - t0, images_per_second=None)]
-    return history, checkpoint.snapshot(0, val_metrics, predictions, run.model)
+    start = checkpoint.snapshot(0, val_metrics, predictions, run.model, run.keys)
+    return history, start, start
 
 
 def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
@@ -231,11 +273,13 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
                 images_per_second=(done.images + done.skipped) / train_seconds), val
 
 
-def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board | None) -> dict:
+def _train(run: _Run, history: list[dict], start: dict, best: dict, title: str, board: Board | None
+           ) -> dict:
     """Epochs until the last or until ``patience`` epochs bring no better validation accuracy,
-    a checkpoint after each (and its figures to ``board``); returns the best epoch's snapshot."""
+    a checkpoint after each (and its figures to ``board``); returns the best trained epoch's
+    snapshot (the head, epoch 0, is not one: it is weighed against this afterwards)."""
     def save(logged: bool = False) -> None:
-        checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, best)
+        checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, start, best)
         checkpoint.write_history(history, run.out, title)
         if board is not None and not logged:
             board.epoch(history[-1])
@@ -248,9 +292,9 @@ def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board 
                 break
             row, (val_metrics, predictions) = _epoch(run, epoch)
             history.append(row)
-            if (val_metrics["accuracy"], -val_metrics["loss"]) > \
-                    (best["metrics"]["accuracy"], -best["metrics"]["loss"]):
-                best = checkpoint.snapshot(epoch, val_metrics, predictions, run.model)
+            if best["epoch"] == 0 or _accuracy_then_loss(dict(metrics=val_metrics)) > \
+                    _accuracy_then_loss(best):
+                best = checkpoint.snapshot(epoch, val_metrics, predictions, run.model, run.keys)
             save()
     except BaseException:
         if board is not None:  # what it holds is written out, not lost with the process
@@ -262,8 +306,63 @@ def _train(run: _Run, history: list[dict], best: dict, title: str, board: Board 
     return best
 
 
-def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, held: dict[str, Predictions],
-                  history: list[dict], title: str, info: dict) -> list[Path]:
+def _accuracy_then_loss(candidate: dict) -> tuple[float, float]:
+    return candidate["metrics"]["accuracy"], -candidate["metrics"]["loss"]
+
+
+def _candidates(run: _Run, start: dict, best: dict) -> list[dict]:
+    """What could be kept, each with its validation metrics and predictions, by its weight
+    ``alpha`` on the way from the head (0) to the best trained epoch (1): those two, and with
+    ``recipe.mix`` the WiSE-FT mixes between them, a grid and then the points either side of the
+    best of it."""
+    found = [dict(alpha=0.0, metrics=start["metrics"], predictions=checkpoint.predictions(start)),
+             dict(alpha=1.0, metrics=best["metrics"], predictions=checkpoint.predictions(best))]
+
+    def measure(alpha: float) -> None:
+        run.model.load_state_dict(mixed(start["state"], best["state"], alpha), strict=False)
+        val_metrics, predictions = loop.evaluate(run.model, run.val, run.runtime, f"val, mixed {alpha:g}")
+        found.append(dict(alpha=alpha, metrics=val_metrics, predictions=predictions))
+        log.info("mixed %g of the way from the head: val accuracy %.4f", alpha, val_metrics["accuracy"])
+
+    if run.recipe.mix:
+        for alpha in MIX_GRID:
+            measure(alpha)
+        around = max(found, key=_accuracy_then_loss)["alpha"]
+        for alpha in (around - MIX_STEP, around + MIX_STEP):
+            if 0 < alpha < 1 and all(abs(c["alpha"] - alpha) > 1e-9 for c in found):
+                measure(alpha)
+    return sorted(found, key=lambda c: c["alpha"])
+
+
+def _verdict(candidates: list[dict], best_epoch: int, keep: str) -> tuple[dict, dict]:
+    """The fine-tuned candidate with the best validation figures, and the verdict: its paired
+    gain over the head on the same images, and whether it is kept (``Recipe.keep``)."""
+    head = candidates[0]
+    chosen = max(candidates[1:], key=_accuracy_then_loss)
+    gain = paired_gain(head["predictions"], chosen["predictions"])
+    kept = "finetuned" if keep == "finetuned" or gain["low"] > 0 else "head"
+    return chosen, dict(gain, epoch=best_epoch, alpha=chosen["alpha"], kept=kept)
+
+
+def _write_head(run: _Run, source: Bundle, history: list[dict], title: str, info: dict) -> dict:
+    """The bundle where the verdict keeps the head: the source bundle as fit-head wrote it (its
+    head, backbone, figures and pictures), plus this run's history and verdict; returns its
+    metrics."""
+    bundle = Bundle(identity=source.identity, classes=list(source.classes), head=source.head,
+                    model=source.model, metrics=source.metrics, info={**source.info, **info})
+
+    def copy_source(folder: Path) -> None:
+        for name in source.files:  # what bundle.json lists, checked on load: not a stray report
+            if name != BUNDLE_FILE:
+                shutil.copy2(source.path / name, folder / name)
+        checkpoint.write_history(history, folder, title)
+
+    bundle.save(run.out, copy_source, own=checkpoint.WORK_FILES)
+    return source.metrics
+
+
+def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: dict, held: dict[str, Predictions],
+                  history: list[dict], title: str, info: dict) -> None:
     """The fine-tuned bundle, written whole over the run's folder (its checkpoint goes with the
     old folder): backbone, head, history, the validation confusion PNG and the held-out
     predictions, then bundle.json."""
@@ -278,14 +377,13 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, best: dict, held: di
         bundle.identity = dataclasses.replace(bundle.identity, weights_sha256=weights.sha256,
                                               weights_file=BACKBONE_FILE)
         checkpoint.write_history(history, folder, title)
-        confusion_matrix_png(np.array(best["metrics"]["confusion"]), list(source.classes),
+        confusion_matrix_png(np.array(chosen["metrics"]["confusion"]), list(source.classes),
                              folder / "confusion_val.png",
                              f"fine-tuned {extractor.spec.name}: val accuracy "
-                             f"{best['metrics']['accuracy']:.3f} (epoch {best['epoch']})")
+                             f"{chosen['metrics']['accuracy']:.3f}")
         write_predictions(folder / PREDICTIONS_FILE, held, list(source.classes))
 
     bundle.save(run.out, backbone_and_pictures, own=checkpoint.WORK_FILES)
-    return [run.out / "history.png", run.out / "confusion_val.png"]
 
 
 def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
@@ -312,24 +410,40 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     frozen = sum(p.numel() for p in run.model.parameters()) - trainable
     name = run.model.extractor.spec.name
     log.info("%s: %s of %d blocks unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics "
-             "%s", name, run.recipe.unfreeze, len(blocks(run.model.extractor.base)), f"{trainable:,}",
+             "%s", name, run.recipe.unfreeze, len(blocks(run.model.extractor)), f"{trainable:,}",
              f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
-    history, best = _start(run, resume)
+    history, first, best = _start(run, resume)
     title = f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}"
-    best = _train(run, history, best, title, board)
-    run.model.load_state_dict(best["state"])
-    results, held = {"val": best["metrics"]}, {"val": checkpoint.predictions(best)}
-    if "test" in parts:
-        results["test"], held["test"] = loop.evaluate(run.model, dataset.subset(parts["test"]),
-                                                      run.runtime, "test")
-    plots = _write_bundle(run, source, results, best, held, history, title, info=dict(
-        finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
-        # Where its validation images are recorded, so the result can be fine-tuned again.
-        **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256") if k in source.info},
-        best_epoch=best["epoch"], head_val_accuracy=history[0]["val_accuracy"], history="history.csv",
-        trainable=trainable, frozen=frozen, timings=dict(finetune=time.perf_counter() - start)))
+    best = _train(run, history, first, best, title, board)
+    candidates = _candidates(run, first, best)
+    chosen, verdict = _verdict(candidates, best["epoch"], run.recipe.keep)
+    mixing = [dict(alpha=c["alpha"], val_accuracy=c["metrics"]["accuracy"], val_loss=c["metrics"]["loss"])
+              for c in candidates]
+    info = dict(finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
+                best_epoch=best["epoch"], mixing=mixing, verdict=verdict,
+                head_val_accuracy=history[0]["val_accuracy"], history="history.csv")
+    run.model.load_state_dict(mixed(first["state"], best["state"], chosen["alpha"]), strict=False)
+    # Measured whether kept or not: a test split is there to show what the verdict chose against.
+    test = loop.evaluate(run.model, dataset.subset(parts["test"]), run.runtime, "test") \
+        if "test" in parts else None
+    if verdict["kept"] == "head":
+        results = _write_head(run, source, history, title, dict(
+            info, **({"finetuned_test": test[0]} if test else {}),
+            timings=dict(source.info.get("timings", {}), finetune=time.perf_counter() - start)))
+    else:
+        results, held = {"val": chosen["metrics"]}, {"val": chosen["predictions"]}
+        if test:
+            results["test"], held["test"] = test
+        _write_bundle(run, source, results, chosen, held, history, title, info=dict(
+            info, trainable=trainable, frozen=frozen, timings=dict(finetune=time.perf_counter() - start),
+            # Where its validation images are recorded, so the result can be fine-tuned again.
+            **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256")
+               if k in source.info}))
+    plots = [out / "history.png", *([out / "confusion_val.png"] if verdict["kept"] == "finetuned" else [])]
     if board is not None:
-        board.picture("confusion", out / "confusion_val.png", best["epoch"])
+        if verdict["kept"] == "finetuned":
+            board.picture("confusion", out / "confusion_val.png", verdict["epoch"])
         board.close()
     return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
-                          frozen, time.perf_counter() - start, plots)
+                          frozen, time.perf_counter() - start, plots, mixing, verdict,
+                          test[0] if test else None)
