@@ -100,10 +100,9 @@ def blocks(extractor: FeatureExtractor) -> list[nn.Module]:
     found = (extractor.spec.blocks or children)(extractor.base)
     if not extractor.layers:
         return found
+    # A unit is reached when it shares a module with a layer: it holds the layer, or is inside it.
     inside = {id(m) for layer in extractor.layers for m in extractor.base.get_submodule(layer).modules()}
-    reached = [i for i, unit in enumerate(found)
-               if any(id(m) in inside for m in unit.modules())
-               or any(extractor.base.get_submodule(layer) in unit.modules() for layer in extractor.layers)]
+    reached = [i for i, unit in enumerate(found) if any(id(m) in inside for m in unit.modules())]
     # A layer without weights (a pooling) of a base cut after it is in no unit: all are below it.
     return found[:max(reached) + 1] if reached else found
 
