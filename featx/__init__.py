@@ -36,7 +36,7 @@ _API = {
     "classify": "classifying", "ClassifyResult": "classifying",
     "info": "inspection", "Info": "inspection", "report": "reporting", "ReportResult": "reporting",
     "run_demo": "demo",
-    "Runtime": "runtime",
+    "Runtime": "runtime", "RayEngine": "runtime",
     "FeatureIdentity": "identity",
     "DEFAULT_BACKBONE": "backbones.registry", "register": "backbones.registry",
     "unregister": "backbones.registry", "get_backbone": "backbones.registry",

@@ -19,7 +19,7 @@ from .finetuning.recipe import KEEP, Recipe
 from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .heads.registry import DEFAULT_HEAD, HEADS
 from .identity import DTYPES
-from .runtime import DECODES, EXECUTIONS, Runtime
+from .runtime import DECODES, ENGINES, EXECUTIONS, RayEngine, Runtime
 from .version import __version__
 
 EXAMPLES = {
@@ -86,6 +86,41 @@ def _runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool = 
         p.add_argument("--decode", default=_default(Runtime, "decode"), choices=DECODES,
                        help="where JPEGs are decoded: cpu (workers) or device (beside the model); "
                             "default auto: device on a GPU")
+
+
+# RayEngine's fields as options: (type, metavar, help); each default is RayEngine's own.
+_RAY_OPTIONS = {
+    "address": (str, "ADDR", "the Ray cluster's address, e.g. ray://head:10001 or head:6379 "
+                "(default: RAY_ADDRESS, or a cluster `ray start` began here, else a Ray of this "
+                "run's own on this machine)"),
+    "gpus_per_worker": (float, "N", "GPUs per actor (default: 1 where the cluster has GPUs)"),
+    "cpus_per_worker": (float, "N", "CPUs per actor: the model's threads on a CPU (default: 1 "
+                        "beside a GPU, else up to 4)"),
+    "block_size": (int, "N", "images an actor is given at a time, the most a crash repeats "
+                   "(default: 8 batches)"),
+    "blocks_in_flight": (int, "N", "blocks queued at each actor (default 2)"),
+}
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="local", choices=ENGINES,
+                   help="local: this machine; ray: a pool of actors on a Ray cluster, which "
+                        "writes the same cache (needs pip install 'featx[ray]'); --workers is "
+                        "then the number of actors (default: as many as the cluster has room for)")
+    for name, (kind, metavar, text) in _RAY_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=_default(RayEngine, name),
+                       metavar=metavar, help=f"with --engine ray: {text}")
+
+
+def _engine_of(args: argparse.Namespace) -> str | RayEngine:
+    given = {name: getattr(args, name) for name in _RAY_OPTIONS
+             if getattr(args, name) != _default(RayEngine, name)}
+    if args.engine == "local":
+        if given:
+            raise ConfigError(f"--{next(iter(given)).replace('_', '-')} is a setting of the Ray "
+                              f"engine: add --engine ray, or leave it out")
+        return "local"
+    return RayEngine(**given)
 
 
 def _runtime_of(args: argparse.Namespace) -> Runtime:
@@ -180,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="extract every image again, ignoring the cache and any interrupted run")
     _runtime(p)
+    _engine(p)
 
     p = command("fit-head", "train a light classifier on cached features; write a model bundle")
     p.add_argument("cache", help="the .h5 file `featx extract` wrote")
@@ -225,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
     _runtime(p)
+    _engine(p)
 
     p = command("classify", "a sanity check of a backbone: every image under a folder through its "
                             "own ImageNet classifier; its top labels shown and written to a CSV")
@@ -299,7 +336,7 @@ def run(args: argparse.Namespace) -> None:
 
         r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
                     out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args),
-                    layers=tuple(args.layer))
+                    layers=tuple(args.layer), engine=_engine_of(args))
         for path, err in r.failed:
             print(f"skipped {path}: {err}")
         print(r.summary())
@@ -319,7 +356,7 @@ def run(args: argparse.Namespace) -> None:
         from .scoring import score
 
         print(score(args.folder, args.model, out=args.out, weights=args.weights,
-                    runtime=_runtime_of(args)).summary())
+                    runtime=_runtime_of(args), engine=_engine_of(args)).summary())
     elif args.command == "classify":
         from .classifying import classify
 

@@ -15,8 +15,9 @@ from .data.folders import scan
 from .errors import ConfigError
 from .execution.exported import check
 from .identity import DTYPES
+from .ray_engine import pool_for
 from .runner import ExtractResult, update_cache
-from .runtime import Runtime, default_dtype
+from .runtime import RayEngine, Runtime, default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
             weights: str | os.PathLike | None = None, pool: str = "avg",
             out: str | os.PathLike | None = None, dtype: str | None = None, force: bool = False,
-            runtime: Runtime | None = None, layers: tuple[str, ...] = ()) -> ExtractResult:
+            runtime: Runtime | None = None, layers: tuple[str, ...] = (),
+            engine: str | RayEngine = "local") -> ExtractResult:
     """Extract features of every image under ``data`` into one HDF5 cache, and return where.
 
     ``weights``: None for the backbone's default weights, a state-dict path, or "none" (random,
@@ -34,7 +36,9 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     features' precision (``identity.DTYPES``; None: ``runtime.default_dtype``, float32 on a
     CPU). ``runtime``: device, batch size, workers, execution and decoding (``Runtime``'s
     defaults when None). ``layers``: module names inside the base (``backbone_layers``) whose
-    outputs, each pooled by ``pool``, are the features, one after the other.
+    outputs, each pooled by ``pool``, are the features, one after the other. ``engine``: local,
+    or ray (or a ``RayEngine`` with its settings) for a pool of actors on a Ray cluster, which
+    writes the same cache.
     """
     runtime = runtime or Runtime()
     if dtype is not None and dtype not in DTYPES:
@@ -44,8 +48,9 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     check_pool(spec, pool, inside=bool(layers))
     if layers:
         layer_shapes(spec, layers)  # names checked on the structure alone: no weights, no memory
-    device = runtime.torch_device()
-    dtype = dtype or default_dtype(device)
+    on_ray = pool_for(engine, runtime)
+    device = on_ray.device if on_ray else runtime.torch_device()
+    dtype = dtype or (on_ray.dtype if on_ray else default_dtype(device))
     check(runtime.execution, dtype, device.type)
     dataset = scan(data)
     model = load_backbone(backbone, weights, pool, layers)
@@ -56,4 +61,5 @@ def extract(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
                           f"name does not end in .h5")
     log.info("%s: %d images, %d classes, splits %s", dataset.root, len(dataset.samples),
              len(dataset.classes), dataset.split_counts())
-    return update_cache(path, dataset, model, dtype, runtime, force, desc=f"extract {backbone}")
+    return update_cache(path, dataset, model, dtype, runtime, force, desc=f"extract {backbone}",
+                        pool=on_ray)

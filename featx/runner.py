@@ -1,23 +1,26 @@
 """The extraction runner, shared by extraction, scoring and fine-tuning's validation: reader →
 model → writer.
 
-``run_batches`` is the reader → model loop: DataLoader workers decode and crop, the main process
-normalises and runs the model, and the caller consumes each batch of features as it comes; it
-owns the progress bar. ``update_cache`` adds the writer: under the cache's lock it reuses every
-feature still valid (``cache.reuse``), streams the rest into durable shards (``cache.partial``),
-and writes the cache whole (``cache.writer``).
+``run_batches`` is the reader → model loop: DataLoader workers decode and crop (``reader``), the
+main process normalises and runs the model (``embed``), and the caller consumes each batch of
+features as it comes; it owns the progress bar. (The Ray engine's actors, ``ray_engine``, run the
+same ``reader`` and ``embed``.) ``update_cache`` adds the writer: under the cache's lock it reuses
+every feature still valid (``cache.reuse``), streams the rest into durable shards
+(``cache.partial``), and writes the cache whole (``cache.writer``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,13 +32,16 @@ from .cache.lock import forget_inherited, locked
 from .cache.partial import Partial
 from .cache.reader import previous
 from .cache.writer import write
-from .data.device_decode import RawReader, collate_encoded, decode_batch
+from .data.device_decode import EncodedBatch, RawReader, collate_encoded, decode_batch
 from .data.folders import Dataset
-from .data.readers import ImageReader, collate
+from .data.readers import ImageReader, Item, ReadBatch, Reader, collate
 from .errors import CacheError, first_line
-from .execution.prepare import prepare
+from .execution.prepare import Runner, prepare
 from .progress import progress_bar
 from .runtime import Runtime, autocast_for, default_dtype
+
+if TYPE_CHECKING:
+    from .ray_engine import RayPool
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +64,35 @@ class BatchOutput:
     execution: str            # what computed them (``execution.prepare.Runner.execution``)
 
 
+def reader(model: FeatureExtractor, root: Path, paths: list[Path], on_device: bool
+           ) -> tuple[Reader, Callable[[list[Item]], ReadBatch]]:
+    """The files ``paths`` under ``root`` as ``model`` reads them, and how a batch of them is
+    collated: decoded and cropped, or (``on_device``) left encoded for the device to decode."""
+    if on_device:
+        return RawReader(root, paths, model.preprocessing.crop), collate_encoded
+    return ImageReader(root, paths, model.preprocessing.crop), collate
+
+
+def embed(batch: ReadBatch, model: FeatureExtractor, runner: Runner, device: torch.device) -> BatchOutput:
+    """One batch from ``reader`` through the model, decoded first if it came encoded; called
+    under ``torch.inference_mode`` and ``autocast_for`` the features' precision."""
+    if isinstance(batch, EncodedBatch):
+        batch = decode_batch(batch, model.preprocessing, device)
+    features = np.empty((0, model.feature_dim), np.float32)
+    if batch.images is not None:
+        features = runner(batch.images.to(device, non_blocking=True)).float().cpu().numpy()
+    return BatchOutput(batch.indices, features, batch.digests, batch.failed, runner.execution)
+
+
 def loader(model: FeatureExtractor, dataset: Dataset, device: torch.device, runtime: Runtime,
            on_device: bool) -> torch.utils.data.DataLoader:
-    """Batches of ``dataset``'s images, decoded and cropped for ``model`` by ``runtime``'s
-    workers (``on_device``: left encoded, for the device to decode)."""
+    """Batches of ``dataset``'s images from ``reader``, read by ``runtime``'s workers."""
     batch_size = runtime.batch_size_on(device)
     workers = runtime.workers_for(math.ceil(len(dataset.samples) / batch_size))
-    paths = [s.path for s in dataset.samples]
-    reader = (RawReader if on_device else ImageReader)(dataset.root, paths, model.preprocessing.crop)
+    files, collate_fn = reader(model, dataset.root, [s.path for s in dataset.samples], on_device)
     return torch.utils.data.DataLoader(
-        reader, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-        collate_fn=collate_encoded if on_device else collate,
-        prefetch_factor=4 if workers else None, worker_init_fn=_start_worker)
+        files, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+        collate_fn=collate_fn, prefetch_factor=4 if workers else None, worker_init_fn=_start_worker)
 
 
 def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, desc: str = "extract",
@@ -93,16 +116,12 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     skipped = 0
     with bar, torch.inference_mode(), autocast_for(device, dtype):
         for batch in batches:
-            if on_device:
-                batch = decode_batch(batch, model.preprocessing, device)
-            features = np.empty((0, model.feature_dim), np.float32)
-            if batch.images is not None:
-                features = runner(batch.images.to(device, non_blocking=True)).float().cpu().numpy()
-            skipped += len(batch.failed)
-            bar.update(len(batch.indices) + len(batch.failed))
-            if batch.failed:
+            out = embed(batch, model, runner, device)
+            skipped += len(out.failed)
+            bar.update(len(out.indices) + len(out.failed))
+            if out.failed:
                 bar.set_postfix(skipped=skipped)
-            yield BatchOutput(batch.indices, features, batch.digests, batch.failed, runner.execution)
+            yield out
 
 
 @dataclass
@@ -135,8 +154,9 @@ class ExtractResult:
 
 
 def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: str, runtime: Runtime,
-                 force: bool = False, desc: str = "extract") -> ExtractResult:
-    """Make the cache at ``path`` hold ``model``'s features of every image in ``dataset``.
+                 force: bool = False, desc: str = "extract", pool: RayPool | None = None) -> ExtractResult:
+    """Make the cache at ``path`` hold ``model``'s features of every image in ``dataset``,
+    computed here by ``runtime``, or by ``pool``'s actors on a Ray cluster.
 
     Holds ``PATH.lock`` throughout; a second run on the same cache is refused with a
     ``CacheError``. Files that failed to read are tried again every time.
@@ -152,14 +172,16 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, dtype: s
         n_kept = sum(f.source is not old for f in plan.found.values())
         if n_kept:
             log.info("resuming: %d images were already extracted in %s", n_kept, store.dir)
-        failed, execution = _extract_into(store, model, dataset, plan.todo, runtime, desc, dtype)
+        batches = functools.partial(pool.batches, desc=desc, dtype=dtype) if pool else \
+            functools.partial(run_batches, runtime=runtime, desc=desc, dtype=dtype)
+        failed, execution = _extract_into(store, model, dataset, plan.todo, batches)
         found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
         contents = Contents.of(dataset, found, failed)
         result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
                                n_reused=len(plan.found), execution=execution,
                                up_to_date=old is not None and old.contents == contents)
         if not result.up_to_date:
-            device = runtime.torch_device()
+            device = pool.device if pool else runtime.torch_device()
             try:
                 write(path, contents, [found[i] for i in sorted(found)], identity, dtype,
                       tmp=store.dir / f"{path.name}.tmp", device=str(device), execution=execution or "none",
@@ -181,16 +203,18 @@ def _write_error(e: OSError | RuntimeError, store: Partial) -> CacheError:
 
 
 def _extract_into(store: Partial, model: FeatureExtractor, dataset: Dataset, todo: list[int],
-                  runtime: Runtime, desc: str, dtype: str) -> tuple[dict[int, str], str]:
-    """Run the samples ``todo`` through the model into ``store``; return {index: error} of those
-    that could not be read, and the execution that ran ("" when none had to)."""
+                  batches: Callable[[FeatureExtractor, Dataset], Iterator[BatchOutput]]
+                  ) -> tuple[dict[int, str], str]:
+    """Run the samples ``todo`` through the model into ``store``, as ``batches`` computes them;
+    return {index: error} of those that could not be read, and the execution that ran ("" when
+    none had to)."""
     failed: dict[int, str] = {}
     execution = ""
     if not todo:
         return failed, execution
     part = dataset.subset(todo)
     try:
-        for out in run_batches(model, part, runtime, desc, dtype):
+        for out in batches(model, part):
             store.add([part.samples[j] for j in out.indices], out.digests, out.features)
             failed.update((todo[j], err) for j, err in out.failed)
             execution = out.execution

@@ -83,6 +83,39 @@ class Runtime:
         return self.decode
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Stage one on a Ray cluster (``featx.ray_engine``): a pool of actors, each holding the
+    frozen base once, reads, decodes and embeds blocks of the file list; ``Runtime.workers`` is
+    the number of actors (None: as many as the cluster has room for now).
+
+    ``address``: the cluster's (None: ``RAY_ADDRESS``, or a cluster ``ray start`` began on this
+    machine, else a Ray of this run's own on this machine). ``gpus_per_worker``: None, one where
+    the cluster has GPUs (and ``Runtime.device`` is not cpu), else none. ``cpus_per_worker``: the
+    model's threads on a CPU actor, and the reading beside a GPU (None: 1 beside a GPU; else
+    ``CPUS_PER_WORKER``, or fewer on a node that has fewer). ``block_size``: images an actor is
+    given at a time, the unit a crash or a lost worker repeats (None: 8 batches).
+    ``blocks_in_flight``: blocks queued at each actor, so that it never waits for the next one;
+    with the results the driver has yet to write, that is all a run holds in memory, whatever
+    the number of images."""
+
+    address: str | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    block_size: int | None = None
+    blocks_in_flight: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_worker", "cpus_per_worker", "block_size", "blocks_in_flight"):
+            value = getattr(self, name)
+            least = 0 if name == "gpus_per_worker" else 1
+            if value is not None and value < least:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
+
+
 def default_dtype(device: torch.device) -> str:
     """The features' precision (``identity.DTYPES``) when none is asked for: float32 on a CPU;
     on a GPU its fast mixed precision, bfloat16 where it computes that natively (compute

@@ -25,8 +25,9 @@ from .evaluation import Tally, metrics_line
 from .execution.exported import check
 from .files import cell, check_csv_path, durable_write, result_name
 from .plots import confusion_matrix_png
+from .ray_engine import pool_for
 from .runner import ExtractResult, update_cache
-from .runtime import Runtime, default_dtype
+from .runtime import RayEngine, Runtime, default_dtype
 
 
 @dataclass
@@ -63,19 +64,21 @@ class ScoreResult:
 
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-          cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None) -> ScoreResult:
+          cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,
+          engine: str | RayEngine = "local") -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
     and the accuracy over them is reported. The folder's features are cached under
     ``cache_dir/scores/`` and reused for every image unchanged since the last time.
-    ``runtime`` is as for ``extract``.
+    ``runtime`` and ``engine`` are as for ``extract``.
     """
     start = time.perf_counter()
     runtime = runtime or Runtime()
     # A missing device, or what cannot run on it, fails before any scan or model load.
-    device = runtime.torch_device()
-    dtype = default_dtype(device)
+    on_ray = pool_for(engine, runtime)
+    device = on_ray.device if on_ray else runtime.torch_device()
+    dtype = on_ray.dtype if on_ray else default_dtype(device)
     check(runtime.execution, dtype, device.type)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     dataset = scan_unlabelled(folder, tuple(b.classes))
@@ -85,7 +88,7 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     csv_path = Path(out) if out else scores / result_name(folder, named.name, str(named.resolve()))
     check_csv_path(csv_path)
     extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
-                             dataset, model, dtype, runtime, desc="score")
+                             dataset, model, dtype, runtime, desc="score", pool=on_ray)
     fc = open_cache(extracted.path, identity=b.identity, in_memory=False)
     proba = np.zeros((len(fc.paths), len(b.classes)))
     for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads

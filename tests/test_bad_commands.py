@@ -117,6 +117,10 @@ def _all_skipped(tmp: Path, *_) -> Path:
 CASES = [
     ("workers", None, "extract {data} --workers -1", "--workers must be 0 or more, not -1"),
     ("batch-size", None, "extract {data} --batch-size 0", "--batch-size must be at least 1, not 0"),
+    ("a Ray setting, locally", None, "score {data} --model {bundle} --address head:6379",
+     "--address is a setting of the Ray engine: add --engine ray, or leave it out"),
+    ("block-size", None, "extract {data} --engine ray --block-size 0",
+     "--block-size must be at least 1, not 0"),
     ("C not a number", None, "fit-head {cache} -p C=abc",
      "the logistic head cannot be fitted with -p C=abc (InvalidParameterError: The 'C' parameter"),
     ("C negative", None, "fit-head {cache} -p C=-1", "the logistic head cannot be fitted with -p C=-1"),

@@ -22,23 +22,24 @@ KEEP = ("auto", "finetuned")
 class Recipe:
     """``unfreeze``: top:N (the last N blocks of the base), all, none, or auto (the backbone's
     default, else the top third of its blocks). ``train_bn``: let BatchNorm re-estimate its
-    statistics (default: kept frozen). ``lr`` is AdamW's peak rate after ``warmup`` epochs, a
-    tenth of the dense heads' rate, then a cosine decay to zero; each lower block learns at
-    ``lr_decay`` times the rate of the one above. ``clip``: the gradient norm (0: no clipping).
-    Training stops after ``patience`` epochs without a better validation accuracy (by default
-    never before the last: an epoch chosen early on a noisy validation set is noise, and the
-    schedule's low-rate end is where fine-tuning settles). ``mix``: then try the best epoch's
-    weights mixed with the head's (WiSE-FT), the mixing weight chosen on validation. ``keep``:
-    auto keeps the fine-tuned model only where its gain over the head is larger than the
-    validation images can resolve (a 95 % interval above zero), else the head as fit-head wrote
-    it; finetuned keeps the fine-tuned model whatever the gain. ``augment``: from
-    ``AUGMENTATIONS``; ``seed`` seeds shuffling, augmentation and dropout, per epoch."""
+    statistics (default: kept frozen). ``lr`` is AdamW's peak rate after ``warmup`` epochs (a
+    third of the dense heads' rate: a tenth fell short on flowers128), then a cosine decay to
+    zero; each lower block learns at ``lr_decay`` times the rate of the one above. ``clip``: the
+    gradient norm (0: no clipping). Training stops after ``patience`` epochs without a better
+    validation accuracy (by default never before the last: an epoch chosen early on a noisy
+    validation set is noise, and the schedule's low-rate end is where fine-tuning settles).
+    ``mix``: then try the best epoch's weights mixed with the head's (WiSE-FT), the mixing
+    weight chosen on validation. ``keep``: auto keeps the fine-tuned model only where its gain
+    over the head is larger than the validation images can resolve (a 95 % interval above
+    zero), else the head as fit-head wrote it; finetuned keeps the fine-tuned model whatever the
+    gain. ``augment``: from ``AUGMENTATIONS``; ``seed`` seeds shuffling, augmentation and
+    dropout, per epoch."""
 
     unfreeze: str = "auto"
     train_bn: bool = False
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 3e-4
     lr_decay: float = 1.0
     weight_decay: float = 0.01
     warmup: float = 1.0
