@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,8 @@ CPUS_PER_WORKER = 4
 BATCHES_PER_BLOCK = 8
 # Reading threads of an actor beside a GPU, at least.
 GPU_READERS = 4
+# How long a cluster's address may take to answer before it is taken as wrong.
+CONNECT_SECONDS = 10
 
 
 def import_ray():
@@ -59,9 +62,23 @@ def import_ray():
     return ray
 
 
+def _check_reachable(address: str | None) -> None:
+    """Refuse at once a cluster address nothing answers at: Ray itself waits minutes for it."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # none, "auto", "local": Ray finds or starts the cluster
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): check "
+                          f"--address (or RAY_ADDRESS), and that `ray start --head` runs there") from None
+
+
 def _connect(address: str | None):
     ray = import_ray()
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             # Ray's own notices (its start-up, its token, its executor's plan) would bury featx's
             # one progress line; errors still come through, and so do the actors' warnings.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,17 @@ def write_folder(root: Path, splits: dict[str, int], classes=COLOURS) -> Path:
             for i in range(n):
                 write_image(root / split / name / f"{name}{i}.png", colour, seed=100 * c + i)
     return root
+
+
+def freeze_at_first_shard(proc: subprocess.Popen, partial: Path) -> None:
+    """Wait for the extraction ``proc`` to write its first durable shard into ``partial``, then
+    freeze it there (SIGSTOP), holding its lock, to be killed as a crash would."""
+    give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
+    while not list(partial.glob("shard-*.npz")):
+        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < give_up, "no shard after 10 minutes"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)
 
 
 def ctrl_c_after(monkeypatch, batches: int) -> None:

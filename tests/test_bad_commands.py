@@ -119,6 +119,8 @@ CASES = [
     ("batch-size", None, "extract {data} --batch-size 0", "--batch-size must be at least 1, not 0"),
     ("a Ray setting, locally", None, "score {data} --model {bundle} --address head:6379",
      "--address is a setting of the Ray engine: add --engine ray, or leave it out"),
+    ("Ray address unanswered", None, "extract {data} --engine ray --workers 1 --address 127.0.0.1:1",
+     "cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused): check --address"),
     ("block-size", None, "extract {data} --engine ray --block-size 0",
      "--block-size must be at least 1, not 0"),
     ("C not a number", None, "fit-head {cache} -p C=abc",

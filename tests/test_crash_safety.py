@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -19,7 +18,7 @@ import featx
 from featx.cache import partial as partial_mod
 from featx.cache.lock import locked
 
-from conftest import FAST, ctrl_c_after, fast, write_folder
+from conftest import FAST, ctrl_c_after, fast, freeze_at_first_shard, write_folder
 
 
 def assert_same_cache(a: featx.FeatureCache, b: featx.FeatureCache) -> None:
@@ -41,13 +40,8 @@ def test_kill_9_mid_run_then_the_same_command_resumes_at_once(tmp_path):
            "none", "--workers", "1", "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     partial = Path("killed.h5.partial")
-    give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
     try:
-        while not list(partial.glob("shard-*.npz")):  # the run has made durable progress
-            assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
-            assert time.monotonic() < give_up, "no shard after 10 minutes"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-run, holding the lock
+        freeze_at_first_shard(proc, partial)
         with pytest.raises(featx.CacheError, match=rf"^killed.h5 is being written by another featx "
                                                    rf"process \(pid {proc.pid}\): wait for it"):
             featx.extract(data, out="killed.h5", **FAST)

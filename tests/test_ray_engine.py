@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -18,7 +17,7 @@ import pytest
 import featx
 from featx.cli import main
 
-from conftest import FAST, write_folder
+from conftest import FAST, freeze_at_first_shard, write_folder
 
 # Actors decode in a thread of their own: Runtime.workers is their number here.
 ON_RAY = dict(weights="none", engine=featx.RayEngine(block_size=4))
@@ -77,13 +76,8 @@ def test_a_killed_ray_run_resumes_and_ends_with_the_same_cache(cluster, tmp_path
            "--block-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     partial = Path("killed.h5.partial")
-    give_up = time.monotonic() + 600  # only so that a stuck run cannot hang the suite
     try:
-        while not list(partial.glob("shard-*.npz")):  # the driver has made durable progress
-            assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
-            assert time.monotonic() < give_up, "no shard after 10 minutes"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGSTOP)  # no more shards from it, then killed as a lost driver is
+        freeze_at_first_shard(proc, partial)  # then killed, as a lost driver is
     finally:
         proc.kill()
         proc.wait()
