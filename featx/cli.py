@@ -19,7 +19,7 @@ from .finetuning.recipe import KEEP, Recipe
 from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .heads.registry import DEFAULT_HEAD, HEADS
 from .identity import DTYPES
-from .runtime import DECODES, ENGINES, EXECUTIONS, RayEngine, Runtime
+from .runtime import BATCHES_PER_BLOCK, CPUS_PER_WORKER, DECODES, ENGINES, EXECUTIONS, RayEngine, Runtime
 from .version import __version__
 
 EXAMPLES = {
@@ -94,11 +94,12 @@ _RAY_OPTIONS = {
                 "(default: RAY_ADDRESS, or a cluster `ray start` began here, else a Ray of this "
                 "run's own on this machine)"),
     "gpus_per_worker": (float, "N", "GPUs per actor (default: 1 where the cluster has GPUs)"),
-    "cpus_per_worker": (float, "N", "CPUs per actor: the model's threads on a CPU (default: 1 "
-                        "beside a GPU, else up to 4)"),
-    "block_size": (int, "N", "images an actor is given at a time, the most a crash repeats "
-                   "(default: 8 batches)"),
-    "blocks_in_flight": (int, "N", "blocks queued at each actor (default 2)"),
+    "cpus_per_worker": (float, "N", f"CPUs per actor: the model's threads on a CPU (default: 1 "
+                        f"beside a GPU, else up to {CPUS_PER_WORKER})"),
+    "block_size": (int, "N", f"images an actor is given at a time, the most a crash repeats "
+                   f"(default: {BATCHES_PER_BLOCK} batches)"),
+    "blocks_in_flight": (int, "N", f"blocks queued at each actor (default "
+                         f"{_default(RayEngine, 'blocks_in_flight')})"),
 }
 
 

@@ -35,19 +35,20 @@ from .errors import ConfigError, first_line
 from .execution.prepare import prepare
 from .progress import progress_bar
 from .runner import BatchOutput, embed, reader
-from .runtime import ENGINES, RayEngine, Runtime, autocast_for, default_dtype
+from .runtime import (
+    BATCHES_PER_BLOCK,
+    CPUS_PER_WORKER,
+    ENGINES,
+    GPU_READERS,
+    RayEngine,
+    Runtime,
+    autocast_for,
+    default_dtype,
+)
 
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'featx[ray]'"
-# CPUs of a CPU actor when none are asked for: its model's threads. Fewer, larger actors hold
-# fewer copies of the base; on 2 cores one actor of 2 and two of 1 measured alike (README).
-CPUS_PER_WORKER = 4
-# Batches in a block when no block size is asked for: enough that reading the next batch overlaps
-# the model's pass over this one for most of a block.
-BATCHES_PER_BLOCK = 8
-# Reading threads of an actor beside a GPU, at least.
-GPU_READERS = 4
 # How long a cluster's address may take to answer before it is taken as wrong.
 CONNECT_SECONDS = 10
 

@@ -84,6 +84,15 @@ class Runtime:
 
 
 ENGINES = ("local", "ray")
+# The Ray engine's defaults that depend on the cluster it finds:
+# CPUs of a CPU actor when none are asked for: its model's threads. Fewer, larger actors hold
+# fewer copies of the base; on 2 cores one actor of 2 and two of 1 measured alike (README).
+CPUS_PER_WORKER = 4
+# Reading threads of an actor beside a GPU, at least.
+GPU_READERS = 4
+# Batches in a block when no block size is asked for: enough that reading the next batch overlaps
+# the model's pass over this one for most of a block.
+BATCHES_PER_BLOCK = 8
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,8 @@ class RayEngine:
     the cluster has GPUs (and ``Runtime.device`` is not cpu), else none. ``cpus_per_worker``: the
     model's threads on a CPU actor, and the reading beside a GPU (None: 1 beside a GPU; else
     ``CPUS_PER_WORKER``, or fewer on a node that has fewer). ``block_size``: images an actor is
-    given at a time, the unit a crash or a lost worker repeats (None: 8 batches).
+    given at a time, the unit a crash or a lost worker repeats (None: ``BATCHES_PER_BLOCK``
+    batches).
     ``blocks_in_flight``: blocks queued at each actor, so that it never waits for the next one;
     with the results the driver has yet to write, that is all a run holds in memory, whatever
     the number of images."""
