@@ -34,8 +34,9 @@ def tree_rss(root: int) -> int:
             continue
         try:
             stat = (d / "stat").read_text()
-            parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-            rss[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[21]) * os.sysconf("SC_PAGE_SIZE")
+            fields = stat[stat.rindex(")") + 2:].split()  # after the name, which may hold spaces
+            parent[int(d.name)] = int(fields[1])
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):  # gone between listing and reading
             continue
     below, todo = {root}, [root]

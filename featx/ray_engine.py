@@ -33,8 +33,7 @@ from .backbones.extractor import FeatureExtractor
 from .data.folders import Dataset
 from .errors import ConfigError, first_line
 from .execution.prepare import prepare
-from .progress import progress_bar
-from .runner import BatchOutput, embed, reader
+from .runner import BatchOutput, counted, embed, reader
 from .runtime import (
     BATCHES_PER_BLOCK,
     CPUS_PER_WORKER,
@@ -134,19 +133,13 @@ class RayPool:
             fn_constructor_kwargs=dict(model=model, root=str(dataset.root.resolve()),
                                        device=self.device.type, runtime=self.runtime, dtype=dtype,
                                        threads=max(1, int(self.cpus))))
-        bar = progress_bar(len(paths), f"{desc} ({self.describe(actors)})", enabled=self.runtime.progress)
-        skipped = 0
-        with bar:
-            try:
-                for out in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                    found = _batch_output(out, model.feature_dim)
-                    skipped += len(found.failed)
-                    bar.update(len(found.indices) + len(found.failed))
-                    if found.failed:
-                        bar.set_postfix(skipped=skipped)
-                    yield found
-            except ray.exceptions.RayError as e:
-                raise ConfigError(f"the Ray run failed: {first_line(e)}") from e
+        results = (_batch_output(out, model.feature_dim)
+                   for out in embedded.iter_batches(batch_size=None, batch_format="numpy"))
+        try:
+            yield from counted(results, len(paths), f"{desc} ({self.describe(actors)})",
+                               self.runtime.progress)
+        except ray.exceptions.RayError as e:
+            raise ConfigError(f"the Ray run failed: {first_line(e)}") from e
 
 
 def _batch_output(out: dict[str, np.ndarray], dim: int) -> BatchOutput:

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,11 +112,22 @@ def run_batches(model: FeatureExtractor, dataset: Dataset, runtime: Runtime, des
     decoding = loader(model, dataset, device, runtime, on_device)
     batches = iter(decoding)  # the workers start decoding while the model is being prepared
     runner = prepare(model, runtime.execution, device, decoding.batch_size, dtype)
-    bar = progress_bar(len(decoding.dataset), desc, enabled=runtime.progress)
+
+    def embedded() -> Iterator[BatchOutput]:
+        with torch.inference_mode(), autocast_for(device, dtype):
+            for batch in batches:
+                yield embed(batch, model, runner, device)
+
+    yield from counted(embedded(), len(decoding.dataset), desc, runtime.progress)
+
+
+def counted(outputs: Iterable[BatchOutput], total: int, desc: str, enabled: bool) -> Iterator[BatchOutput]:
+    """``outputs`` as they come, counted on a progress bar of ``total`` images (``enabled``),
+    with the files skipped so far."""
+    bar = progress_bar(total, desc, enabled=enabled)
     skipped = 0
-    with bar, torch.inference_mode(), autocast_for(device, dtype):
-        for batch in batches:
-            out = embed(batch, model, runner, device)
+    with bar:
+        for out in outputs:
             skipped += len(out.failed)
             bar.update(len(out.indices) + len(out.failed))
             if out.failed:
