@@ -88,7 +88,7 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
     import torch
 
     import featx
-    from featx.execution.prepare import prepare
+    from featx.extraction.execution.prepare import prepare
 
     model = featx.load_backbone(backbone, weights)
     size = model.preprocessing.crop_size
@@ -293,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from featx.execution import cpu
-    from featx.execution.exported import installed
-    from featx.files import size_text
+    from featx.extraction.execution import cpu
+    from featx.extraction.execution.exported import installed
+    from featx.util.files import size_text
 
     runtimes = installed()
     if not runtimes:

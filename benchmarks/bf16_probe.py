@@ -23,8 +23,8 @@ from torch import nn
 
 import featx
 from featx.backbones.registry import register
-from featx.execution import cpu
-from featx.execution.exported import installed
+from featx.extraction.execution import cpu
+from featx.extraction.execution.exported import installed
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import featx
-from featx.files import size_text
 from featx.fitting.options import STREAM_EPOCHS
+from featx.util.files import size_text
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 # The distance between two class centres, in noise standard deviations, whatever the dimension:

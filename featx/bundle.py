@@ -27,11 +27,11 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from .backbones.extractor import FeatureExtractor, load_backbone
+from .backbones.identity import RANDOM_INIT, FeatureIdentity
 from .errors import BundleError, WeightsUnavailableError
-from .files import durable_write, folder_write, sha256_file
 from .heads.registry import class_proba
 from .heads.storage import load_head, save_head
-from .identity import RANDOM_INIT, FeatureIdentity
+from .util.files import durable_write, folder_write, sha256_file
 from .version import __version__
 
 FORMAT_VERSION = 2  # 2: every file listed and checked, the head as safetensors; 1: head.joblib
@@ -84,7 +84,7 @@ class Bundle:
                     tmp.write_text(json.dumps(doc, indent=2, default=float))
         except OSError as e:
             raise BundleError(f"cannot write the bundle {path} ({e.strerror or e}): make room, or "
-                              f"choose another --out; {path} is as it was") from e
+                              f"choose another `out`; {path} is as it was") from e
         self.path = path
         return path
 
@@ -93,11 +93,11 @@ def check_out(path: Path, own: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, a bundle folder that would replace something not a bundle:
     a file, or a folder without bundle.json holding other names than ``own``."""
     if path.exists() and not path.is_dir():
-        raise BundleError(f"{path} is a file, and a bundle is a folder: choose another --out")
+        raise BundleError(f"{path} is a file, and a bundle is a folder: choose another `out`")
     if path.is_dir() and not (path / BUNDLE_FILE).is_file() and \
             any(p.name not in own for p in path.iterdir()):
         raise BundleError(f"{path} is a folder that is not a featx bundle, and writing one there "
-                          f"would replace it: choose another --out")
+                          f"would replace it: choose another `out`")
 
 
 def _relative(info: dict, folder: Path) -> dict:
@@ -221,7 +221,7 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
     now = model.identity()
     key = ident.mismatch(now)
     if key is not None:
-        fix = (f"pass --weights with the file the bundle was made with "
+        fix = (f"pass `weights` with the file the bundle was made with "
                f"({ident.weights_file or 'its name is not recorded'})" if key == "weights_sha256"
                else "extract the training data again and fit a new head")
         raise BundleError(f"the bundle {bundle.path} was fitted on features with {key}="

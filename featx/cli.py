@@ -6,7 +6,10 @@ import argparse
 import ast
 import dataclasses
 import logging
+import re
 import sys
+
+from .backbones.identity import DTYPES
 
 # Everything imported here is torch-free, so that `featx --help` starts at once; each command
 # imports its own stage when it runs.
@@ -14,12 +17,11 @@ from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone, list
 from .backbones.spec import POOLS
 from .data.augmentation import AUGMENTATIONS
 from .errors import ConfigError, FeatxError
-from .files import size_text
 from .finetuning.recipe import KEEP, Recipe
 from .fitting.options import MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .heads.registry import DEFAULT_HEAD, HEADS
-from .identity import DTYPES
 from .runtime import BATCHES_PER_BLOCK, CPUS_PER_WORKER, DECODES, ENGINES, EXECUTIONS, RayEngine, Runtime
+from .util.files import size_text
 from .version import __version__
 
 EXAMPLES = {
@@ -178,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=COMMANDS[name], parser=p)
+        return p
 
     p = command("backbones", "list the backbones, their feature size, input size and whether their "
                              "weights are on disk; or one backbone's layers")
@@ -300,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backbones(name: str | None, layers: bool) -> None:
     from .backbones import timm_zoo
-    from .backbones.weights import is_on_disk  # torch
+    from .backbones.shapes import feature_dim
+    from .backbones.weights import is_on_disk
 
     if layers or name:
         if not layers:
@@ -320,61 +325,105 @@ def _backbones(name: str | None, layers: bool) -> None:
     for name in names:
         spec = get_backbone(name)
         p = spec.preprocessing
-        print(f"{name:{width}s} {spec.feature_dim():5d} {p.crop_size:5d} {p.resize_size:6d} "
+        print(f"{name:{width}s} {feature_dim(spec):5d} {p.crop_size:5d} {p.resize_size:6d} "
               f"{p.interpolation:13s} {'on disk' if is_on_disk(spec) else 'download':9s} {spec.source}")
 
 
-def run(args: argparse.Namespace) -> None:
-    # Each command imports only its own stage, so one command never pays for another's imports.
-    if args.command == "backbones":
-        _backbones(args.name, args.layers)
-    elif args.command == "check":
-        from .checking import check
+# Each command imports only its own stage when it runs, so one command never pays for another's
+# imports, and `featx --help` for none.
+def _say(args: argparse.Namespace, text: str) -> None:
+    print(in_flags(text, args.parser))
 
-        print(check(args.data, workers=args.workers, progress=not args.no_progress).summary())
-    elif args.command == "extract":
-        from .extraction import extract
 
-        r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
-                    out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args),
-                    layers=tuple(args.layer), engine=_engine_of(args))
-        for path, err in r.failed:
-            print(f"skipped {path}: {err}")
-        print(r.summary())
-    elif args.command == "fit-head":
-        from .fitting.fit import fit_head
+def _check(args: argparse.Namespace) -> None:
+    from .data.check import check
 
-        print(fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
-                       seed=args.seed, out=args.out, max_memory=args.max_memory,
-                       search=args.search, tensorboard=args.tensorboard).summary())
-    elif args.command == "finetune":
-        from .finetuning.run import finetune
+    _say(args, check(args.data, workers=args.workers, progress=not args.no_progress).summary())
 
-        print(finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
-                       resume=args.resume, runtime=_runtime_of(args),
-                       tensorboard=args.tensorboard).summary())
-    elif args.command == "score":
-        from .scoring import score
 
-        print(score(args.folder, args.model, out=args.out, weights=args.weights,
-                    runtime=_runtime_of(args), engine=_engine_of(args)).summary())
-    elif args.command == "classify":
-        from .classifying import classify
+def _extract(args: argparse.Namespace) -> None:
+    from .extraction.extract import extract
 
-        print(classify(args.folder, backbone=args.backbone, weights=args.weights, top=args.top,
-                       out=args.out, runtime=_runtime_of(args)).summary())
-    elif args.command == "info":
-        from .inspection import info
+    r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
+                out=args.out, dtype=args.dtype, force=args.force, runtime=_runtime_of(args),
+                layers=tuple(args.layer), engine=_engine_of(args))
+    for path, err in r.failed:
+        print(f"skipped {path}: {err}")
+    _say(args, r.summary())
 
-        print(info(args.path).summary())
-    elif args.command == "report":
-        from .reporting import report
 
-        print(report(args.bundle, scores=args.scores, data=args.data, out=args.out).summary())
-    elif args.command == "demo":
-        from .demo import run_demo
+def _fit_head(args: argparse.Namespace) -> None:
+    from .fitting.fit import fit_head
 
-        print(run_demo(args.data, args.cache, progress=not args.no_progress).summary())
+    _say(args, fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
+                   seed=args.seed, out=args.out, max_memory=args.max_memory,
+                   search=args.search, tensorboard=args.tensorboard).summary())
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from .finetuning.run import finetune
+
+    _say(args, finetune(args.data, args.source, out=args.out, recipe=_recipe_of(args),
+                   resume=args.resume, runtime=_runtime_of(args),
+                   tensorboard=args.tensorboard).summary())
+
+
+def _score(args: argparse.Namespace) -> None:
+    from .scoring.score import score
+
+    _say(args, score(args.folder, args.model, out=args.out, weights=args.weights,
+                runtime=_runtime_of(args), engine=_engine_of(args)).summary())
+
+
+def _classify(args: argparse.Namespace) -> None:
+    from .scoring.classify import classify
+
+    _say(args, classify(args.folder, backbone=args.backbone, weights=args.weights, top=args.top,
+                   out=args.out, runtime=_runtime_of(args)).summary())
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .reporting.info import info
+
+    _say(args, info(args.path).summary())
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .reporting.report import report
+
+    _say(args, report(args.bundle, scores=args.scores, data=args.data, out=args.out).summary())
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    _say(args, run_demo(args.data, args.cache, progress=not args.no_progress).summary())
+
+
+COMMANDS = {"backbones": lambda args: _backbones(args.name, args.layers), "check": _check,
+            "extract": _extract, "fit-head": _fit_head, "finetune": _finetune, "score": _score,
+            "classify": _classify, "info": _info, "report": _report, "demo": _demo}
+
+# Library parameters the command line names otherwise: the parameter -> its options' dests.
+_DESTS = {"bundle": ("source", "model"), "layers": ("layer",), "params": ("param",)}
+_PARAMETER = re.compile(r"`([a-z_]+)(=True|=False)?`")
+
+
+def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in the command line's words: each `parameter` it names (featx's errors
+    name what to change as the Python API calls it), `parameter=True` and `parameter=False` become
+    the option of ``parser`` that sets it; a name that is no option here is left as it is."""
+    options = {a.dest: a.option_strings for a in parser._actions if a.option_strings}
+
+    def flag(m: re.Match) -> str:
+        name, value = m.groups()
+        dest = next((d for d in (name, *_DESTS.get(name, ())) if d in options), None)
+        if dest is None:
+            return m.group(0)
+        strings = options[dest]
+        return strings[1] if value == "=False" and len(strings) > 1 else strings[0]
+
+    return _PARAMETER.sub(flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        run(args)
+        args.func(args)
     except FeatxError as e:
-        print(f"featx: error: {e}", file=sys.stderr)
+        print(f"featx: error: {in_flags(str(e), args.parser)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image
 
 from .backbones.registry import DEFAULT_BACKBONE
-from .extraction import extract
+from .extraction.extract import extract
+from .extraction.update import ExtractResult
 from .fitting.fit import FitResult, fit_head
-from .runner import ExtractResult
 from .runtime import Runtime
-from .scoring import ScoreResult, score
+from .scoring.score import ScoreResult, score
 
 log = logging.getLogger(__name__)
 

@@ -135,7 +135,7 @@ def split_indices(splits: np.ndarray, labels: np.ndarray, val_split: float, seed
     parts = {name: np.flatnonzero(splits == name) for name in SPLITS}
     if len(parts["val"]) == 0 and val_split > 0:
         if not 0 < val_split < 1:
-            raise ConfigError(f"--val-split must be between 0 and 1, not {val_split}")
+            raise ConfigError(f"`val_split` must be between 0 and 1, not {val_split}")
         train = parts["train"]
         counts = np.bincount(labels[train])
         single = counts[labels[train]] < 2
@@ -242,3 +242,8 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, Predictions]:
                 [row["path"], number[row["label"]], number[row["predicted"]], float(row["confidence"])])
     return {split: Predictions([r[0] for r in got], *(np.array([r[i] for r in got]) for i in (1, 2, 3)))
             for split, got in rows.items()}
+
+
+def metrics_path(csv_path: Path) -> Path:
+    """Where the metrics of a scored folder's labelled images go: beside its CSV."""
+    return csv_path.with_suffix(".metrics.json")

@@ -1,21 +1,17 @@
-"""Where and how models run: device, batch size, decoding workers, execution and JPEG decoding,
-as one ``Runtime`` that every stage takes, with its defaults written here alone.
+"""Where and how models run, as asked: device, batch size, decoding workers, execution and JPEG
+decoding, as one ``Runtime`` that every stage takes, and the Ray engine's settings, with their
+defaults written here alone. ``extraction.placement.place`` resolves them once for the machine.
 
-Torch is imported by the methods that need it, not by this module, so that the command line can
-read these defaults for its help without paying seconds for torch.
+Torch-free, so that the command line can read these defaults for its help without paying
+seconds for torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 EXECUTIONS = ("auto", "eager", "fold", "compile", "onnxruntime", "openvino")
 DEFAULT_EXECUTION = "auto"
@@ -31,7 +27,7 @@ class Runtime:
     """``device``: auto (CUDA when there is one), cpu, cuda or cuda:N. ``batch_size``: images per
     forward pass (None: 32 on a CPU, 256 on a GPU). ``workers``: image-decoding processes (None:
     one per core, at most 16; 0: decode in this process). ``execution``: how the frozen base runs
-    (``featx.execution``). ``decode``: where JPEGs are decoded, cpu (workers) or device (beside
+    (``extraction.execution``). ``decode``: where JPEGs are decoded, cpu (workers) or device (beside
     the model); auto is device on a GPU. ``progress``: show a progress bar."""
 
     device: str = "auto"
@@ -46,41 +42,14 @@ class Runtime:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}: choose auto, cpu or cuda")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+            raise ConfigError(f"`batch_size` must be at least 1, not {self.batch_size}")
         if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"--workers must be 0 or more, not {self.workers}")
+            raise ConfigError(f"`workers` must be 0 or more, not {self.workers}")
         if self.execution not in EXECUTIONS:
-            raise ConfigError(f"unknown --execution {self.execution!r}: choose one of "
+            raise ConfigError(f"unknown `execution` {self.execution!r}: choose one of "
                               f"{', '.join(EXECUTIONS)}")
         if self.decode not in DECODES:
-            raise ConfigError(f"unknown --decode {self.decode!r}: choose one of {', '.join(DECODES)}")
-
-    def torch_device(self) -> torch.device:
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"--device {self.device} asked for, but torch sees no CUDA GPU: use "
-                              f"--device cpu")
-        return torch.device(self.device)
-
-    def batch_size_on(self, device: torch.device) -> int:
-        # A GPU needs large batches to be kept busy; on a CPU, 32 is as fast as any larger size and
-        # keeps the memory of a batch in flight small.
-        if self.batch_size is not None:
-            return self.batch_size
-        return 256 if device.type == "cuda" else 32
-
-    def workers_for(self, n_batches: int) -> int:
-        # More workers than batches would only start processes that get nothing to do.
-        return min(default_workers() if self.workers is None else self.workers, n_batches)
-
-    def decode_on(self, device: torch.device) -> str:
-        """``cpu`` or ``device``: ``auto`` decodes on the device where that is a GPU."""
-        if self.decode == "auto":
-            return "device" if device.type == "cuda" else "cpu"
-        return self.decode
+            raise ConfigError(f"unknown `decode` {self.decode!r}: choose one of {', '.join(DECODES)}")
 
 
 ENGINES = ("local", "ray")
@@ -97,7 +66,7 @@ BATCHES_PER_BLOCK = 8
 
 @dataclass(frozen=True)
 class RayEngine:
-    """Stage one on a Ray cluster (``featx.ray_engine``): a pool of actors, each holding the
+    """Stage one on a Ray cluster (``extraction.ray_pool``): a pool of actors, each holding the
     frozen base once, reads, decodes and embeds blocks of the file list; ``Runtime.workers`` is
     the number of actors (None: as many as the cluster has room for now).
 
@@ -123,33 +92,4 @@ class RayEngine:
             value = getattr(self, name)
             least = 0 if name == "gpus_per_worker" else 1
             if value is not None and value < least:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
-
-
-def default_dtype(device: torch.device) -> str:
-    """The features' precision (``identity.DTYPES``) when none is asked for: float32 on a CPU;
-    on a GPU its fast mixed precision, bfloat16 where it computes that natively (compute
-    capability 8+; emulated, as torch.cuda.is_bf16_supported() would accept, it is slower than
-    float16), else float16."""
-    import torch
-
-    if device.type != "cuda":
-        return "float32"
-    return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
-
-
-def autocast_for(device: torch.device, dtype: str | None = None) -> contextlib.AbstractContextManager:
-    """Torch's precision for features of ``dtype`` on ``device`` (None: ``default_dtype``, as
-    fine-tuning trains). On a GPU, bfloat16 and float16 are autocast, and float32 is float32
-    throughout: no TF32, whose 10-bit products would move features by ~1e-3, in convolutions
-    either. A CPU computes in float32 (its bfloat16 runs on OpenVINO, ``featx.execution``)."""
-    import torch
-
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = dtype or default_dtype(device)
-    if dtype == "float32":
-        cudnn = torch.backends.cudnn
-        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
-                           deterministic=cudnn.deterministic, allow_tf32=False)
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+                raise ConfigError(f"`{name}` must be at least {least}, not {value}")

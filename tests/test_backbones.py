@@ -47,12 +47,12 @@ def test_preprocessing_is_the_weights_own(name, resize, crop, interpolation, mea
     ("swin_t", "avg", 768), ("googlenet", "avg", 1024), ("shufflenet_v2_x1_0", "avg", 1024),
 ])
 def test_feature_dim_is_known_before_any_image(name, pool, dim):
-    assert get_backbone(name).feature_dim(pool) == dim
+    assert featx.feature_spec(name, pool).feature_dim == dim
 
 
 def test_every_backbone_has_a_feature_dim():
     # A dry run of each tap on the meta device: catches a family whose tap is wrong.
-    dims = {name: get_backbone(name).feature_dim() for name in featx.list_backbones()}
+    dims = {name: featx.feature_spec(name).feature_dim for name in featx.list_backbones()}
     assert all(d > 0 for d in dims.values()), dims
 
 
@@ -77,13 +77,13 @@ def test_pooling_of_a_feature_map(pool, dim):
 
 def test_pool_of_a_model_without_feature_map_is_refused():
     with pytest.raises(featx.ConfigError, match="vit_b_16 has no convolutional feature map, so "
-                                                "--pool max is not possible"):
+                                                "`pool` max is not possible"):
         featx.load_backbone("vit_b_16", weights="none", pool="max")
 
 
 def test_unknown_pool_is_refused():
     with pytest.raises(featx.ConfigError, match="unknown pooling 'mean': choose one of avg, max, flatten"):
-        get_backbone("resnet18").feature_dim("mean")
+        featx.feature_spec("resnet18", "mean")
 
 
 def test_unknown_backbone_suggests_close_names():

@@ -16,7 +16,7 @@ import torch
 import featx
 from featx.cache import lock as lock_mod
 from featx.cli import main
-from featx.files import sha256_file
+from featx.util.files import sha256_file
 
 from conftest import FAST, QUIET, write_folder
 
@@ -213,7 +213,7 @@ def test_the_python_api_raises_the_same_featx_errors(made, tmp_path):
     with pytest.raises(featx.BundleError, match="has no classes"):
         featx.load_bundle(_bundle_json(lambda d: {k: v for k, v in d.items() if k != "classes"})(
             tmp_path, data, cache, bundle))
-    with pytest.raises(featx.ConfigError, match="--workers must be 0 or more"):
+    with pytest.raises(featx.ConfigError, match="`workers` must be 0 or more"):
         featx.Runtime(workers=-1)
 
 

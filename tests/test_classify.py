@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import featx
-from featx.classifying import ClassifyResult, classify
+from featx.scoring.classify import ClassifyResult, classify
 
 from conftest import QUIET, write_image
 
@@ -85,8 +85,8 @@ def test_random_weights_are_refused_in_one_line(tmp_path):
     write_image(tmp_path / "x.png")
     with pytest.raises(featx.ConfigError) as e:
         classify(tmp_path, weights="none", runtime=QUIET)
-    assert str(e.value) == ("--weights none gives efficientnet_lite0 random weights, whose ImageNet "
-                            "head means nothing: leave out --weights to use its ImageNet weights")
+    assert str(e.value) == ("`weights` none gives efficientnet_lite0 random weights, whose ImageNet "
+                            "head means nothing: leave out `weights` to use its ImageNet weights")
 
 
 def test_a_backbone_without_an_imagenet_classifier_is_refused(tmp_path, register):
@@ -101,5 +101,5 @@ def test_a_backbone_without_an_imagenet_classifier_is_refused(tmp_path, register
 
 
 def test_top_must_be_a_number_of_imagenet_classes(tmp_path):
-    with pytest.raises(featx.ConfigError, match=r"^--top must be between 1 and 1000, not 0$"):
+    with pytest.raises(featx.ConfigError, match=r"^`top` must be between 1 and 1000, not 0$"):
         classify(tmp_path, top=0, runtime=QUIET)

@@ -148,3 +148,29 @@ def test_backbones_lists_dims_inputs_and_weights(capsys):
 def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "featx", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"featx {featx.__version__}\n"
+
+
+def _subparser(name: str):
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("command, message, printed", [
+    ("extract", "`batch_size` must be at least 1, not 0", "--batch-size must be at least 1, not 0"),
+    ("extract", "`layers` names a layer twice", "--layer names a layer twice"),
+    ("fit-head", "fit the head with `search=False`", "fit the head with --no-search"),
+    ("finetune", "run without `resume=True`", "run without --resume"),
+    ("finetune", "the `bundle` and `recipe`", "the --from and `recipe`"),
+    ("score", "pass `bundle`; see `featx check DATA`", "pass --model; see `featx check DATA`"),
+])
+def test_the_library_names_parameters_and_the_command_line_their_flags(command, message, printed):
+    from featx.cli import in_flags
+
+    assert in_flags(message, _subparser(command)) == printed
+
+
+def test_a_library_error_reaches_the_terminal_in_flags(capsys):
+    with pytest.raises(featx.ConfigError, match="^`batch_size` must be at least 1, not 0$"):
+        featx.Runtime(batch_size=0)
+    code, _, err = run(capsys, "extract", "nowhere", "--batch-size", "0")
+    assert (code, err) == (1, "featx: error: --batch-size must be at least 1, not 0\n")

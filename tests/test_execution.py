@@ -15,9 +15,9 @@ from torch import nn
 import featx
 from featx.backbones.preprocessing import Preprocessing
 from featx.backbones.spec import BackboneSpec
-from featx.execution.compiled import FixedBatch
-from featx.execution.fold import TOLERANCE, fold_batchnorm
-from featx.execution.prepare import prepare
+from featx.extraction.execution.compiled import FixedBatch
+from featx.extraction.execution.fold import TOLERANCE, fold_batchnorm
+from featx.extraction.execution.prepare import prepare
 
 from conftest import COLOURS, write_folder, write_image
 
@@ -143,7 +143,7 @@ def test_a_compiled_model_sees_one_batch_size_only():
 
 
 def test_unknown_execution_is_refused_before_any_image_is_read(tmp_path):
-    with pytest.raises(featx.ConfigError, match=r"^unknown --execution 'fast': choose one of auto, "
+    with pytest.raises(featx.ConfigError, match=r"^unknown `execution` 'fast': choose one of auto, "
                                                 r"eager, fold, compile, onnxruntime, openvino$"):
         featx.extract(tmp_path / "does-not-exist", runtime=featx.Runtime(execution="fast"))
 

@@ -13,9 +13,9 @@ from torch import nn
 import featx
 from featx.backbones.preprocessing import Preprocessing
 from featx.backbones.spec import BackboneSpec
-from featx.execution import cpu, exported
-from featx.execution.fold import TOLERANCE
-from featx.execution.prepare import RACE_BATCHES, Race, prepare
+from featx.extraction.execution import cpu, exported
+from featx.extraction.execution.fold import TOLERANCE
+from featx.extraction.execution.prepare import RACE_BATCHES, Race, prepare
 
 from conftest import fast, write_folder
 
@@ -163,27 +163,27 @@ def test_a_torch_home_featx_cannot_write_is_one_line_and_torch_runs(tiny_net, tm
 
 def test_a_runtime_not_installed_is_one_line_before_any_scan(monkeypatch, tmp_path):
     monkeypatch.setattr(exported, "installed", lambda: ["onnxruntime"])
-    with pytest.raises(featx.ConfigError, match=r"^--execution openvino needs the openvino package: "
+    with pytest.raises(featx.ConfigError, match=r"^`execution` openvino needs the openvino package: "
                                                 r"pip install openvino$"):
         featx.extract(tmp_path / "not-scanned", **fast(execution="openvino"))
 
 
 def test_the_runtimes_are_refused_on_a_gpu(tiny_net):
-    with pytest.raises(featx.ConfigError, match=r"^--execution openvino runs on a CPU: on cuda leave "
-                                                r"out --execution, or pass --device cpu$"):
+    with pytest.raises(featx.ConfigError, match=r"^`execution` openvino runs on a CPU: on cuda leave "
+                                                r"out `execution`, or pass `device` cpu$"):
         prepare(tiny_net, "openvino", torch.device("cuda"), batch_size=4)
 
 
 def test_bfloat16_where_the_cpu_has_none_is_one_line_naming_the_cpu(tiny_net, monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    none = r"^--dtype bfloat16 needs a CPU with native bfloat16 \(AVX-512 BF16 or AMX\); this one " \
-           r"\(.*\) has none: use --dtype float32$"
+    none = r"^`dtype` bfloat16 needs a CPU with native bfloat16 \(AVX-512 BF16 or AMX\); this one " \
+           r"\(.*\) has none: use `dtype` float32$"
     with pytest.raises(featx.ConfigError, match=none):
         prepare(tiny_net, "auto", CPU, batch_size=4, dtype="bfloat16")
     with pytest.raises(featx.ConfigError, match=none):  # before any folder is scanned
         featx.extract(tmp_path / "not-scanned", dtype="bfloat16", **fast())
     for execution in ("onnxruntime", "fold"):
-        with pytest.raises(featx.ConfigError, match=rf"^--dtype bfloat16 runs on OpenVINO on a CPU, "
+        with pytest.raises(featx.ConfigError, match=rf"^`dtype` bfloat16 runs on OpenVINO on a CPU, "
                                                     rf"not {execution}"):
             prepare(tiny_net, execution, CPU, batch_size=4, dtype="bfloat16")
 

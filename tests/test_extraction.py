@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import featx
-from featx.files import sha256_file
+from featx.util.files import sha256_file
 
 from conftest import FAST, ctrl_c_after, fast, write_image
 
@@ -114,10 +114,10 @@ def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_fo
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: featx.Runtime(batch_size=0), "--batch-size must be at least 1, not 0"),
+    (lambda: featx.Runtime(batch_size=0), "`batch_size` must be at least 1, not 0"),
     (lambda: featx.Runtime(device="tpu"), "unknown device 'tpu': choose auto, cpu or cuda"),
-    (lambda: featx.Runtime(workers=-1), "--workers must be 0 or more, not -1"),
-    (lambda: featx.Runtime(decode="gpu"), "unknown --decode 'gpu': choose one of auto, cpu, device"),
+    (lambda: featx.Runtime(workers=-1), "`workers` must be 0 or more, not -1"),
+    (lambda: featx.Runtime(decode="gpu"), "unknown `decode` 'gpu': choose one of auto, cpu, device"),
 ])
 def test_bad_runtime_settings(make, message):
     with pytest.raises(featx.ConfigError, match=message):
@@ -125,7 +125,7 @@ def test_bad_runtime_settings(make, message):
 
 
 def test_bad_dtype(split_folder):
-    with pytest.raises(featx.ConfigError, match="unknown --dtype 'float64': choose one of float32, float16"):
+    with pytest.raises(featx.ConfigError, match="unknown `dtype` 'float64': choose one of float32, float16"):
         featx.extract(split_folder, dtype="float64", **FAST)
 
 

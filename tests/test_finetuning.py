@@ -274,7 +274,7 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monk
         featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))
     assert (tmp_path / "cut" / checkpoint.CHECKPOINT).is_file()
     monkeypatch.undo()
-    with pytest.raises(featx.ConfigError, match="holds an unfinished fine-tune .* add --resume"):
+    with pytest.raises(featx.ConfigError, match="holds an unfinished fine-tune .* add `resume=True`"):
         featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))
     with pytest.raises(featx.ConfigError, match="the interrupted run had lr=0.001, this one has lr=0.01"):
         featx.finetune(root, bundle, out=tmp_path / "cut", resume=True, **tiny(epochs=2, lr=1e-2))
@@ -293,7 +293,7 @@ def test_bad_requests_are_refused_before_any_work(source, tmp_path):
     root, bundle = source
     with pytest.raises(featx.ConfigError, match="nothing to resume"):
         featx.finetune(root, bundle, out=tmp_path / "new", resume=True, **TINY)
-    with pytest.raises(featx.ConfigError, match="--lr-decay 0: must be above 0 and at most 1"):
+    with pytest.raises(featx.ConfigError, match="`lr_decay` 0: must be above 0 and at most 1"):
         tiny(lr_decay=0)
     unsaved = featx.load_bundle(bundle)
     unsaved.path = None

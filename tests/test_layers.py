@@ -83,7 +83,7 @@ def test_layers_that_give_no_features_are_refused_in_a_line():
 
 
 def test_a_batchnorm_layer_is_not_folded_away():
-    from featx.execution.fold import fold_batchnorm, probe_batch
+    from featx.extraction.execution.fold import fold_batchnorm, probe_batch
 
     cut = featx.load_backbone(weights="none", layers=("0.1", "16"))
     folded, n, error = fold_batchnorm(cut, probe_batch(cut))

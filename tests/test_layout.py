@@ -1,5 +1,7 @@
-"""The package's shape: no import circle, nothing inside it importing the package root, and a
-command line that starts without torch or scikit-learn."""
+"""The package's shape: no import circle (imports inside functions and for type checkers
+included), stages that import only earlier stages, at most ten modules beside the packages, no
+function over 60 lines but the parser, nothing inside importing the package root, and a command
+line that starts without torch or scikit-learn."""
 
 from __future__ import annotations
 
@@ -18,27 +20,16 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
-
-
 def _imports() -> dict[str, set[str]]:
-    """For each featx module, the featx modules it imports, at its top or inside a function
-    (those, too, close a circle when they run), leaving out what only type checkers read."""
+    """For each featx module, the featx modules it imports: at its top, inside a function (those,
+    too, close a circle when they run) or for type checkers (a circle to whoever reads it)."""
     modules = {_module(p): p for p in ROOT.rglob("*.py")}
     found: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         found[name] = set()
         for node in ast.walk(tree):
-            if _type_checking_only(node, parents):
-                continue
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
                 target = f"{base}.{node.module}" if node.module else base
@@ -56,17 +47,39 @@ def test_nothing_inside_the_package_imports_the_package_root():
     assert importers == []
 
 
-STAGES = ("featx.checking", "featx.extraction", "featx.fitting", "featx.scoring", "featx.finetuning")
+# The stages in the order they build on each other: fine-tuning validates with stage one's engine,
+# scoring extracts a folder's features as stage one does.
+STAGES = ("featx.extraction", "featx.fitting", "featx.finetuning", "featx.scoring")
 
 
-def _stage(module: str) -> str | None:
-    return next((s for s in STAGES if module == s or module.startswith(f"{s}.")), None)
+def _stage(module: str) -> int | None:
+    return next((i for i, s in enumerate(STAGES) if module == s or module.startswith(f"{s}.")), None)
 
 
-def test_stages_share_lower_modules_and_never_import_each_other():
-    sideways = sorted(f"{m} -> {t}" for m, targets in _imports().items() for t in targets
-                      if _stage(m) and _stage(t) and _stage(t) != _stage(m))
-    assert sideways == []
+def test_a_stage_imports_only_earlier_stages():
+    later = sorted(f"{m} -> {t}" for m, targets in _imports().items() for t in targets
+                   if _stage(m) is not None and _stage(t) is not None and _stage(t) > _stage(m))
+    assert later == []
+
+
+def test_the_shared_packages_never_import_a_stage():
+    shared = ("featx.backbones", "featx.cache", "featx.data", "featx.heads", "featx.reporting", "featx.util")
+    upward = sorted(f"{m} -> {t}" for m, targets in _imports().items() for t in targets
+                    if m.startswith(shared) and _stage(t) is not None)
+    assert upward == []
+
+
+def test_at_most_ten_modules_beside_the_packages():
+    modules = sorted(p.stem for p in ROOT.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(modules) <= 10, modules
+
+
+def test_no_function_is_over_60_lines_but_the_parser():
+    long = sorted(f"{p.relative_to(ROOT)}:{node.name} {node.end_lineno - node.lineno + 1}"
+                  for p in ROOT.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.end_lineno - node.lineno + 1 > 60 and node.name != "build_parser")
+    assert long == []
 
 
 def test_there_is_no_import_circle():

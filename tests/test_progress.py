@@ -14,10 +14,10 @@ import pytest
 from torch import nn
 
 import featx
-from featx import progress
 from featx.backbones.preprocessing import Preprocessing
 from featx.backbones.spec import BackboneSpec
-from featx.progress import progress_bar
+from featx.util import progress
+from featx.util.progress import progress_bar
 
 from conftest import write_folder
 
@@ -28,7 +28,7 @@ def log_lines(monkeypatch, caplog):
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     caplog.set_level(logging.INFO, "featx")
-    yield lambda: [r.getMessage() for r in caplog.records if r.name == "featx.progress"]
+    yield lambda: [r.getMessage() for r in caplog.records if r.name == "featx.util.progress"]
     assert stderr.getvalue() == ""  # the lines go through logging alone
 
 

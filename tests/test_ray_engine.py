@@ -141,7 +141,7 @@ def _probabilities(rows: list[list[str]]) -> np.ndarray:
 
 def test_without_ray_the_ray_engine_says_how_to_install_it(monkeypatch, folder, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
-    with pytest.raises(featx.ConfigError, match=r"^--engine ray needs Ray, which is not installed: "
+    with pytest.raises(featx.ConfigError, match=r"^`engine` ray needs Ray, which is not installed: "
                                                 r"pip install 'featx\[ray\]'$"):
         featx.extract(folder, engine="ray", **{k: v for k, v in ON_RAY.items() if k != "engine"})
     assert main(["extract", str(folder), "--engine", "ray", "--weights", "none"]) == 1
@@ -151,9 +151,9 @@ def test_without_ray_the_ray_engine_says_how_to_install_it(monkeypatch, folder, 
 
 def test_a_ray_pool_is_sized_to_the_cluster_or_refused_in_one_line(cluster, folder):
     with pytest.raises(featx.ConfigError, match=r"^the Ray cluster has room for 1 actor\(s\) of 2 CPU "
-                                                r"and 0 GPU now, not 3: lower --workers"):
+                                                r"and 0 GPU now, not 3: lower `workers`"):
         featx.extract(folder, runtime=ray_runtime(3), weights="none",
                       engine=featx.RayEngine(cpus_per_worker=2))
-    with pytest.raises(featx.ConfigError, match=r"^--device cuda asked for, but the Ray cluster has no "
-                                                r"GPU: use --device cpu$"):
+    with pytest.raises(featx.ConfigError, match=r"^`device` cuda asked for, but the Ray cluster has no "
+                                                r"GPU: use `device` cpu$"):
         featx.extract(folder, runtime=featx.Runtime(device="cuda"), weights="none", engine="ray")

@@ -15,7 +15,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.reporting import SECTIONS
+from featx.reporting.report import SECTIONS
 
 from conftest import FAST, QUIET, write_folder
 
@@ -81,9 +81,9 @@ def test_a_report_without_the_images_says_what_to_pass(fitted, tmp_path):
     bundle = featx.fit_head(moved, search=False).bundle
     r = featx.report(bundle, out=tmp_path / "r.html")
     assert re.findall(r'<section id="([^"]+)"', r.path.read_text()) == SECTION_IDS
-    assert sum("pass --data" in n for n in r.notes) == 4
+    assert sum("pass `data`" in n for n in r.notes) == 4
     again = featx.report(bundle, data=root, out=tmp_path / "r.html")
-    assert not any("pass --data" in n for n in again.notes) and again.pictures > r.pictures
+    assert not any("pass `data`" in n for n in again.notes) and again.pictures > r.pictures
 
 
 def test_info_tells_what_a_cache_and_a_bundle_hold(fitted, finetuned, capsys):

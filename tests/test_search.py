@@ -136,7 +136,7 @@ def test_small_caches_and_rare_classes(tmp_path):
     rare = featx.write_cache(tmp_path / "rare.h5", np.random.default_rng(0).normal(size=(12, 4)),
                              labels, ["common", "rare"])
     with pytest.raises(featx.DataError, match="the svm head needs 3 training images of each class, "
-                                              "and rare have fewer: use --model logistic"):
+                                              "and rare have fewer: use `model` logistic"):
         featx.fit_head(rare, model="svm", out=tmp_path / "svm")
     (tmp_path / "file").write_text("")
     with pytest.raises(featx.ConfigError, match="is a file, and TensorBoard logs go in a folder"):

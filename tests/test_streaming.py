@@ -123,8 +123,8 @@ def test_heads_that_need_memory_refuse_above_the_budget(blobs, model):
         featx.fit_head(blobs, model=model, max_memory=1 << 20)
     assert str(e.value) == (
         f"{blobs}: its features take 2.93 MiB (3,000 x 256 float32), more than the 1 MiB memory "
-        f"budget, and the {model} head needs them all in memory: use --model linear or mlp, which "
-        f"stream them from disk, or raise --max-memory")
+        f"budget, and the {model} head needs them all in memory: use `model` linear or mlp, which "
+        f"stream them from disk, or raise `max_memory`")
 
 
 def test_the_cli_refuses_in_one_line(blobs, capsys):

@@ -75,5 +75,5 @@ def test_classes_of_one_image_each_leave_nothing_to_validate_on(tmp_path):
 
 def test_bad_val_split(split_cache, pool_folder):
     cache = featx.extract(pool_folder, **FAST).path
-    with pytest.raises(featx.ConfigError, match="--val-split must be between 0 and 1, not 1.5"):
+    with pytest.raises(featx.ConfigError, match="`val_split` must be between 0 and 1, not 1.5"):
         featx.fit_head(cache, val_split=1.5)

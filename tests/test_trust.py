@@ -14,7 +14,7 @@ import pytest
 
 import featx
 from featx.cli import main
-from featx.files import sha256_file
+from featx.util.files import sha256_file
 
 from conftest import FAST, QUIET, write_folder
 
@@ -148,7 +148,7 @@ def test_refitting_over_a_bundle_is_all_or_nothing(fitted, tmp_path, monkeypatch
 
     monkeypatch.setattr(storage, "save_state", full)
     with pytest.raises(featx.BundleError, match=rf"^cannot write the bundle {out} \(No space left on "
-                                                rf"device\): make room, or choose another --out; "
+                                                rf"device\): make room, or choose another `out`; "
                                                 rf"{out} is as it was$"):
         featx.fit_head(cache, "linear", out=out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

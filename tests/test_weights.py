@@ -11,7 +11,7 @@ import featx
 from featx.backbones.registry import get_backbone
 from featx.backbones.weights import hub_path, is_on_disk, resolve
 from featx.cli import main
-from featx.files import sha256_file
+from featx.util.files import sha256_file
 
 
 @pytest.fixture

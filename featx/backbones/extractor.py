@@ -4,21 +4,22 @@ and the fine-tuned base written back as weights any ``load_backbone`` can read."
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import WeightsUnavailableError, first_line
-from ..files import sha256_file
-from ..identity import FeatureIdentity
-from ..state_file import write_tensors
+from ..util.files import sha256_file
+from ..util.state_file import write_tensors
 from .blocks import children
+from .identity import FeatureIdentity
 from .layers import catch, caught, cut
 from .preprocessing import Preprocessing
 from .registry import DEFAULT_BACKBONE, get_backbone
-from .shapes import layer_shapes, meta_base, meta_input
-from .spec import BackboneSpec, check_pool, pooled_dim
+from .shapes import feature_dim, layer_shapes, meta_base, meta_input
+from .spec import BackboneSpec, check_pool
 from .weights import Weights, resolve
 
 
@@ -31,16 +32,44 @@ def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
     return x.mean(over) if pool == "avg" else x.amax(over)
 
 
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features a run takes from a backbone, checked once (``feature_spec``): the
+    ``backbone``'s spec, its ``pool``ing and the ``layers`` inside its base whose outputs are
+    the features (none: the base's own output)."""
+
+    backbone: BackboneSpec
+    pool: str = "avg"
+    layers: tuple[str, ...] = ()
+
+    @property
+    def feature_dim(self) -> int:
+        return feature_dim(self.backbone, self.pool, self.layers)
+
+
+def feature_spec(backbone: str | BackboneSpec = DEFAULT_BACKBONE, pool: str = "avg",
+                 layers: tuple[str, ...] = ()) -> FeatureSpec:
+    """``backbone`` (a registered name or a spec) with ``pool`` and ``layers`` (``backbone_layers``
+    lists them), refused in one line unless the backbone allows them: on its structure alone,
+    without weights or memory, so before any long scan or model load."""
+    spec = backbone if isinstance(backbone, BackboneSpec) else get_backbone(backbone)
+    layers = tuple(layers)
+    check_pool(spec, pool, inside=bool(layers))
+    if layers:
+        layer_shapes(spec, layers)  # names checked on the dry run
+    return FeatureSpec(spec, pool, layers)
+
+
 class FeatureExtractor(nn.Module):
     """A frozen backbone: uint8 images (N×3×H×W) in, one feature vector per image out: the
     base's own output, or with ``layers`` the outputs of those modules of it, each pooled, one
     after the other."""
 
-    def __init__(self, spec: BackboneSpec, weights: Weights, pool: str = "avg",
-                 layers: tuple[str, ...] = ()):
+    def __init__(self, features: FeatureSpec, weights: Weights):
         super().__init__()
-        self.spec, self.weights, self.layers = spec, weights, tuple(layers)
-        self.pool = check_pool(spec, pool, inside=bool(self.layers))
+        spec = features.backbone
+        self.features, self.spec, self.weights = features, spec, weights
+        self.pool, self.layers = features.pool, features.layers
         model = spec.build()
         if weights.path is not None:
             try:
@@ -48,7 +77,7 @@ class FeatureExtractor(nn.Module):
             except (RuntimeError, KeyError, ValueError, TypeError) as e:  # another model's tensors
                 raise WeightsUnavailableError(
                     f"{weights.path} is not a state dict of {spec.name} ({first_line(e)}): pass the "
-                    f"weights file of a {spec.name}, or leave out --weights") from e
+                    f"weights file of a {spec.name}, or leave out `weights`") from e
         self.base = spec.tap(model)
         if self.layers:
             self.base = cut(self.base, self.layers, spec.name)
@@ -66,10 +95,7 @@ class FeatureExtractor(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        if self.layers:
-            return sum(pooled_dim(s, self.pool, self.spec.channels_last)
-                       for s in layer_shapes(self.spec, self.layers))
-        return self.spec.feature_dim(self.pool)
+        return self.features.feature_dim
 
     def identity(self) -> FeatureIdentity:
         """What makes these features what they are: stored in every cache and bundle."""
@@ -119,27 +145,27 @@ def save_weights(extractor: FeatureExtractor, path: str | os.PathLike) -> Weight
     if extractor.weights.path is not None:  # what the tap drops, or a cut base never ran, as loaded
         model.load_state_dict(spec.convert_state_dict(extractor.weights.load()))
     # The state dict shares storage with the parameters, so it sees the values loaded through the
-    # tap. A base cut at --layer holds only the part up to it: the rest is as it was loaded.
+    # tap. A base cut at ``layers`` holds only the part up to it: the rest is as it was loaded.
     whole = model.state_dict()
     spec.tap(model).load_state_dict(extractor.base.state_dict(), strict=not extractor.layers)
     write_tensors(path, {k: v.contiguous() for k, v in whole.items()})
     return Weights(path, sha256_file(path))
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
+def load_backbone(backbone: str | FeatureSpec = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
                   pool: str = "avg", layers: tuple[str, ...] = ()) -> FeatureExtractor:
-    """Build a frozen feature extractor; ``weights``: None (default weights), "none", or a path;
-    ``layers``: module names of the base (``featx backbones NAME --layers``) whose outputs,
-    pooled, are the features instead of the base's own output."""
-    spec = get_backbone(name)
-    check_pool(spec, pool, inside=bool(layers))
-    resolved = resolve(spec, weights)
+    """Build a frozen feature extractor of ``backbone``: a registered name, taken with ``pool``
+    and ``layers`` (module names of the base, ``backbone_layers``, whose outputs, pooled, are the
+    features instead of the base's own output), or a ``FeatureSpec`` already checked, which says
+    both. ``weights``: None (default weights), "none" (random, seeded), or a path."""
+    features = backbone if isinstance(backbone, FeatureSpec) else feature_spec(backbone, pool, layers)
+    resolved = resolve(features.backbone, weights)
     if resolved.path is None:
         # Random init is seeded so that a cache made with it can be recognised as up to date.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return FeatureExtractor(spec, resolved, pool, layers)
-    return FeatureExtractor(spec, resolved, pool, layers)
+            return FeatureExtractor(features, resolved)
+    return FeatureExtractor(features, resolved)
 
 
 def backbone_layers(name: str) -> list[tuple[str, str, tuple[int, ...] | None]]:

@@ -23,7 +23,7 @@ def cut(base: nn.Module, layers: tuple[str, ...], backbone: str) -> nn.Module:
     copies), under the same names, so that its state dict keys are the base's."""
     known = layer_names(base)
     if len(set(layers)) < len(layers):
-        raise ConfigError(f"--layer names a layer twice ({', '.join(layers)}): name each once")
+        raise ConfigError(f"`layers` names a layer twice ({', '.join(layers)}): name each once")
     for layer in layers:
         if layer not in known:
             close = difflib.get_close_matches(layer, known, n=3)

@@ -8,16 +8,23 @@ nearly free and keep the tensors sent between processes four times smaller.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+# torchvision's InterpolationMode values, so that a spec is checked without importing torch.
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What a backbone's weights were trained with; the transform is built from this alone."""
+    """What a backbone's weights were trained with; the transform is built from this alone.
+    Torch-free until an image is cropped, so that specs, caches and bundles describe it without
+    torch."""
 
     resize_size: int
     crop_size: int
@@ -26,7 +33,9 @@ class Preprocessing:
     std: tuple[float, float, float]
 
     def __post_init__(self) -> None:
-        InterpolationMode(self.interpolation)  # fail at construction, not in a worker process
+        if self.interpolation not in INTERPOLATIONS:  # at construction, not in a worker process
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}: choose one of "
+                              f"{', '.join(INTERPOLATIONS)}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -39,6 +48,9 @@ class Preprocessing:
 
     def crop(self, image: Image.Image) -> torch.Tensor:
         """Resize the shorter side, centre-crop, and return a 3×crop×crop uint8 tensor."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         # Resized as a uint8 tensor, by torch's vectorised resampling rather than PIL's: 2-2.5x as
         # fast on 128 px JPEGs with the same pixels, 1.25-1.7x on ~500 px photos with no pixel off
         # by more than 2 of 255, and the probe's accuracy unchanged on both (README, Speed).

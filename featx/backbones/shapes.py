@@ -8,16 +8,14 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 
-from ..files import durable_write
+from ..util.files import durable_write
 from ..version import __version__
-
-if TYPE_CHECKING:
-    from .spec import BackboneSpec
+from .layers import catch, caught, cut
+from .spec import BackboneSpec, pooled_dim
 
 
 def _shapes_file() -> Path:
@@ -60,9 +58,15 @@ def output_shape(spec: BackboneSpec) -> tuple[int, ...]:
 @functools.cache
 def layer_shapes(spec: BackboneSpec, layers: tuple[str, ...]) -> list[tuple[int, ...]]:
     """Shape of one image's output of each of ``layers`` inside the base."""
-    from .layers import catch, caught, cut
-
     base = cut(meta_base(spec), layers, spec.name)
     catch(base, layers)
     base(meta_input(spec))
     return [tuple(out.shape[1:]) for out in caught(base, layers)]
+
+
+def feature_dim(spec: BackboneSpec, pool: str = "avg", layers: tuple[str, ...] = ()) -> int:
+    """Features per image of ``spec`` pooled by ``pool``: of its output, or of ``layers`` inside
+    its base, one after the other."""
+    if layers:
+        return sum(pooled_dim(s, pool, spec.channels_last) for s in layer_shapes(spec, layers))
+    return pooled_dim(output_shape(spec), pool)

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from .preprocessing import Preprocessing
 
 POOLS = ("avg", "max", "flatten")
 
@@ -47,12 +46,6 @@ class BackboneSpec:
     # How many of the base's top ``blocks`` fine-tuning unfreezes by default; None: the top third.
     finetune_top: int | None = None
 
-    def feature_dim(self, pool: str = "avg") -> int:
-        from .shapes import output_shape  # a dry run of the network: torch, paid only here
-
-        check_pool(self, pool)
-        return pooled_dim(output_shape(self), pool)
-
 
 def pooled_dim(shape: tuple[int, ...], pool: str, channels_last: bool = False) -> int:
     """Features of one image's output of ``shape`` (no batch axis) pooled by ``pool``: a vector
@@ -69,6 +62,6 @@ def check_pool(spec: BackboneSpec, pool: str, inside: bool = False) -> str:
     if pool not in POOLS:
         raise ConfigError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
     if pool != "avg" and not spec.spatial and not inside:
-        raise ConfigError(f"{spec.name} has no convolutional feature map, so --pool {pool} is not "
-                          f"possible: use --pool avg (its own pooled representation)")
+        raise ConfigError(f"{spec.name} has no convolutional feature map, so `pool` {pool} is not "
+                          f"possible: use `pool` avg (its own pooled representation)")
     return pool

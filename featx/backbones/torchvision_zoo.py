@@ -75,7 +75,7 @@ _FAMILIES: dict[str, tuple[Callable[[nn.Module], nn.Module], bool]] = {
 }
 
 
-# The units of --unfreeze where they are not the base's children (``blocks.children``).
+# The units of ``unfreeze`` where they are not the base's children (``blocks.children``).
 _BLOCKS = {"vit": blocks.vit, "swin": blocks.stages, "convnext": blocks.stages,
            "maxvit": blocks.maxvit, "vgg": blocks.conv_bn}
 

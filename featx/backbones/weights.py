@@ -12,8 +12,8 @@ import safetensors.torch
 import torch
 
 from ..errors import WeightsUnavailableError, first_line
-from ..files import sha256_file
-from ..identity import RANDOM_INIT
+from ..util.files import sha256_file
+from .identity import RANDOM_INIT
 from .spec import BackboneSpec
 
 
@@ -34,7 +34,7 @@ class Weights:
         except Exception as e:  # UnpicklingError, EOFError, RuntimeError...: the file is at fault
             raise WeightsUnavailableError(
                 f"cannot read weights from {self.path} ({first_line(e)}): pass "
-                f"a state-dict file (.safetensors, .pt or .pth) or leave out --weights") from e
+                f"a state-dict file (.safetensors, .pt or .pth) or leave out `weights`") from e
 
 
 def hub_path(spec: BackboneSpec) -> Path:
@@ -55,7 +55,7 @@ def resolve(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> Wei
         if not path.is_file():
             raise WeightsUnavailableError(
                 f"weights file {path} does not exist: pass the path of a saved state dict for "
-                f"{spec.name}, or leave out --weights to use its default weights")
+                f"{spec.name}, or leave out `weights` to use its default weights")
     elif spec.weights_file is not None:
         path = spec.weights_file
     else:
@@ -80,4 +80,4 @@ def _download(spec: BackboneSpec, path: Path) -> None:
         reason = re.sub(r"\s+", " ", str(getattr(e, "reason", e))).strip()
         raise WeightsUnavailableError(
             f"cannot download the {spec.name} weights ({reason}): download {spec.weights_url} "
-            f"and put it at {path}, or pass --weights PATH") from e
+            f"and put it at {path}, or pass `weights` PATH") from e

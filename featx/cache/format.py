@@ -34,8 +34,8 @@ from pathlib import Path
 
 import h5py
 
+from ..backbones.identity import FeatureIdentity
 from ..data.folders import Dataset
-from ..identity import FeatureIdentity
 from . import reuse
 
 FORMAT_VERSION = 2  # 2: /files/*, written whole; 1 had no record of the files read

@@ -78,7 +78,7 @@ def locked(path: Path) -> Iterator[None]:
         fd = _acquire(lock, path)
     except OSError as e:  # a folder that is a file, or one this user may not write in
         raise CacheError(f"cannot write {e.filename or lock} ({e.strerror or e}): choose another "
-                         f"--out") from e
+                         f"`out`") from e
     _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.identity import storage_dtype
 from ..data.folders import Sample
 from ..data.images import error_line
-from ..files import durable_write
-from ..identity import storage_dtype
+from ..util.files import durable_write
 from . import reuse
 
 log = logging.getLogger(__name__)

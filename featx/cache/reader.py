@@ -13,8 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..backbones.identity import FeatureIdentity
 from ..errors import CacheError, first_line
-from ..identity import FeatureIdentity
 from . import reuse
 from .format import FORMAT_VERSION, Contents, identity_of, strings
 
@@ -59,10 +59,10 @@ def previous(path: Path, identity: FeatureIdentity, dtype: str, data_id: str) ->
         attrs = {}
     if "config_key" not in attrs:
         raise CacheError(f"{path} is not a featx cache, and extracting there would replace it: "
-                         f"choose another --out, or add --force to replace it")
+                         f"choose another `out`, or add `force=True` to replace it")
     if attrs.get("data_id", data_id) != data_id:
         raise CacheError(f"{path} is the cache of another image folder ({attrs.get('data')}), and "
-                         f"extracting there would replace it: choose another --out, or add --force "
+                         f"extracting there would replace it: choose another `out`, or add `force=True` "
                          f"to replace it")
     if attrs.get("format_version") == FORMAT_VERSION and attrs.get("complete"):
         if attrs["config_key"] != identity.key(dtype):

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..data.folders import Dataset, Sample
-from ..files import sha256_file
+from ..util.files import sha256_file
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..backbones.identity import DTYPES, FeatureIdentity, storage_dtype
 from ..data.folders import SPLITS
 from ..errors import ConfigError
-from ..files import durable_write, size_text
-from ..identity import DTYPES, FeatureIdentity, storage_dtype
+from ..util.files import durable_write, size_text
 from ..version import __version__
 from . import reuse
 from .format import FORMAT_VERSION, STRING, Contents, encoded, identity_attrs

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..files import sha256_file
+from ..util.files import sha256_file
 
 
 @contextlib.contextmanager

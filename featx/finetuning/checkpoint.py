@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation import Predictions
-from ..plots import history_png
-from ..state_file import load_state, save_state
+from ..reporting.plots import history_png
+from ..util.state_file import load_state, save_state
 from .loop import Trainer
 from .model import Classifier
 from .recipe import AFTER_TRAINING
@@ -63,10 +63,10 @@ def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history:
 def check_start(path: Path, resume: bool) -> None:
     """Refuse to overwrite an unfinished fine-tune, or to resume one that is not there."""
     if path.exists() and not resume:
-        raise ConfigError(f"{path.parent} holds an unfinished fine-tune ({path}): add --resume to "
+        raise ConfigError(f"{path.parent} holds an unfinished fine-tune ({path}): add `resume=True` to "
                           f"continue it, or delete that file to start over")
     if resume and not path.exists():
-        raise ConfigError(f"nothing to resume: {path} does not exist; run without --resume")
+        raise ConfigError(f"nothing to resume: {path} does not exist; run without `resume=True`")
 
 
 def resume(path: Path, config: dict, model: Classifier, trainer: Trainer
@@ -77,12 +77,12 @@ def resume(path: Path, config: dict, model: Classifier, trainer: Trainer
     try:
         state = load_state(path)
     except ValueError as e:
-        raise ConfigError(f"cannot read {path} ({e}): delete it and run without --resume") from e
+        raise ConfigError(f"cannot read {path} ({e}): delete it and run without `resume=True`") from e
     if "start" not in state:  # an earlier featx kept less
-        raise ConfigError(f"{path} was written by an earlier featx: delete it and run without --resume")
+        raise ConfigError(f"{path} was written by an earlier featx: delete it and run without `resume=True`")
     for key, value in config.items():
         if key not in AFTER_TRAINING and state["config"].get(key) != value:
-            raise ConfigError(f"--resume: the interrupted run had {key}={state['config'].get(key)}, "
+            raise ConfigError(f"`resume=True`: the interrupted run had {key}={state['config'].get(key)}, "
                               f"this one has {key}={value}: run with the same settings")
     model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])

@@ -11,9 +11,9 @@ from torch import nn
 from ..data.folders import Dataset
 from ..errors import DataError
 from ..evaluation import Predictions, metrics
-from ..progress import Bar
-from ..runner import run_batches
-from ..runtime import Runtime, autocast_for
+from ..extraction.engine import autocast_for
+from ..extraction.local import LocalEngine
+from ..util.progress import Bar
 from .model import Classifier
 
 
@@ -74,13 +74,14 @@ def train_epoch(model: Classifier, loader, targets: torch.Tensor, trainer: Train
     return Epoch(total_loss / seen, correct / seen, seen, skipped, lr)
 
 
-def evaluate(model: Classifier, subset: Dataset, runtime: Runtime, desc: str) -> tuple[dict, Predictions]:
+def evaluate(model: Classifier, subset: Dataset, engine: LocalEngine, desc: str) -> tuple[dict, Predictions]:
     """Metrics over ``subset`` with the plain (unaugmented) crop, and the predictions they came
-    from. The backbone runs as it is (``eager``): it is being trained."""
+    from, computed by ``engine`` (which runs the backbone as it is, ``eager``: it is being
+    trained)."""
     model.eval()
-    device = runtime.torch_device()
+    device = engine.placement.device
     idx, proba = [], []
-    for out in run_batches(model.extractor, subset, runtime, desc):
+    for out in engine.batches(model.extractor, subset, desc):
         if len(out.indices):
             # In float32, as fit-head's figures are, whatever precision the backbone ran in.
             with torch.inference_mode(), torch.autocast(device.type, enabled=False):

@@ -35,10 +35,10 @@ def resolve_unfreeze(unfreeze: str, extractor: FeatureExtractor) -> tuple[str, l
     elif unfreeze.startswith("top:") and unfreeze[4:].isdigit():
         n = int(unfreeze[4:])
     else:
-        raise ConfigError(f"--unfreeze {unfreeze!r}: use top:N (the last N of {extractor.spec.name}'s "
+        raise ConfigError(f"`unfreeze` {unfreeze!r}: use top:N (the last N of {extractor.spec.name}'s "
                           f"{len(found)} blocks), all, none or auto")
     if n > len(found):
-        raise ConfigError(f"--unfreeze {unfreeze}: {extractor.spec.name} has only {len(found)} blocks; "
+        raise ConfigError(f"`unfreeze` {unfreeze}: {extractor.spec.name} has only {len(found)} blocks; "
                           f"use top:{len(found)} or all")
     return f"top:{n}", found[len(found) - n:]
 

@@ -60,10 +60,10 @@ class Recipe:
                       clip=(self.clip >= 0, "at least 0 (0: no clipping)"),
                       patience=(self.patience >= 1, "at least 1"))
         if self.keep not in KEEP:
-            raise ConfigError(f"--keep {self.keep}: choose from {', '.join(KEEP)}")
+            raise ConfigError(f"`keep` {self.keep}: choose from {', '.join(KEEP)}")
         for name, (ok, allowed) in limits.items():
             if not ok:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be {allowed}")
+                raise ConfigError(f"`{name}` {getattr(self, name)}: must be {allowed}")
 
     def to_dict(self) -> dict:
         """As JSON keeps it (in a checkpoint, a bundle): the augmentations as a list."""

@@ -1,4 +1,4 @@
-"""Stage four: fine-tune the top of the base end to end, starting from the bundle fit-head wrote.
+"""Stage three: fine-tune the top of the base end to end, starting from the bundle fit-head wrote.
 
 The fitted head becomes a torch layer on the backbone that predicts exactly as before (epoch 0 of
 the history measures it), the top blocks of the base are unfrozen with BatchNorm statistics kept
@@ -40,12 +40,15 @@ from ..evaluation import (
     split_indices,
     write_predictions,
 )
+from ..extraction.engine import autocast_for
+from ..extraction.local import LocalEngine
+from ..extraction.placement import place
 from ..heads.registry import make_head
 from ..heads.torch_head import TorchHead, as_torch_head
-from ..plots import confusion_matrix_png
-from ..progress import progress_bar
-from ..runtime import Runtime, autocast_for
-from ..tensorboard import Board
+from ..reporting.plots import confusion_matrix_png
+from ..reporting.tensorboard import Board
+from ..runtime import Runtime
+from ..util.progress import progress_bar
 from . import checkpoint, loop
 from .model import Classifier, learned_keys, mixed, param_groups, resolve_unfreeze, schedule, train_mode
 from .recipe import Recipe
@@ -97,13 +100,13 @@ class FinetuneResult:
                 f"{v['losses']} newly wrong)")
         if v["kept"] == "finetuned":
             lines.append(f"{gain}: keeping the fine-tuned model" + (
-                "" if v["low"] > 0 else ", as --keep finetuned asks, though the gain is not resolved"))
+                "" if v["low"] > 0 else ", as `keep` finetuned asks, though the gain is not resolved"))
         elif v["high"] < 0:
             lines.append(f"{gain}: the fine-tuned model is worse, so the bundle keeps the head as "
                          f"fit-head wrote it")
         else:
             lines.append(f"{gain}: not more than {v['n']} images can tell from chance, so the "
-                         f"bundle keeps the head as fit-head wrote it (--keep finetuned keeps the "
+                         f"bundle keeps the head as fit-head wrote it (`keep` finetuned keeps the "
                          f"fine-tuned model)")
         return "\n".join([*lines, *self._closing()])
 
@@ -148,7 +151,7 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
     if "val" not in parts:
         raise DataError("fine-tuning keeps the epoch with the best validation accuracy, so it needs "
                         "validation images: give data with a val/ folder, or fit the head with "
-                        "--val-split above 0")
+                        "`val_split` above 0")
     return parts
 
 
@@ -174,7 +177,7 @@ def _head_fitted_on_train(bundle: Bundle) -> BaseEstimator:
         return bundle.head
     fc, parts = _head_split(bundle, "the search fitted the head on train+val, and fine-tuning starts "
                                     "from its setting fitted on train alone, from the cache: extract "
-                                    "it again, or fit the head with --no-search")
+                                    "it again, or fit the head with `search=False`")
     train = parts["train"]
     head = make_head(bundle.model, **bundle.info.get("params", {}))
     log.info("%s was fitted on train+val: fine-tuning starts from its setting fitted on the %d "
@@ -193,7 +196,7 @@ class _Run:
     trainer: loop.Trainer
     train: Dataset
     val: Dataset
-    runtime: Runtime               # for validation passes: the base as it is, at the recipe's batch size
+    engine: LocalEngine            # for validation passes: the base as it is, at the recipe's batch size
     out: Path
     config: dict                   # what a resumed run must share with this one
     keys: list[str]                # the state entries training changes (``learned_keys``)
@@ -214,7 +217,9 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
     recipe = dataclasses.replace(recipe, unfreeze=unfreeze)
     for block in top:
         block.requires_grad_(True)
-    device = runtime.torch_device()
+    engine = place(dataclasses.replace(runtime, execution="eager",
+                                       batch_size=runtime.batch_size or recipe.batch_size))
+    device = engine.placement.device
     model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, top, recipe.lr, recipe.lr_decay, recipe.weight_decay))
     train = dataset.subset(parts["train"])
@@ -225,10 +230,18 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
     out.mkdir(parents=True, exist_ok=True)
     config = dict(recipe.to_dict(), source=str(Path(source.path).resolve()),
                   data=str(dataset.root.resolve()))
-    validation = dataclasses.replace(runtime, execution="eager",
-                                     batch_size=runtime.batch_size or recipe.batch_size)
-    return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), validation,
+    return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), engine,
                 out, config, learned_keys(model, top))
+
+
+def _parameters(run: _Run) -> tuple[int, int]:
+    """How many parameters the run trains and how many it keeps frozen, said in the log."""
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in run.model.parameters()) - trainable
+    log.info("%s: %s of %d blocks unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics "
+             "%s", run.model.extractor.spec.name, run.recipe.unfreeze, len(blocks(run.model.extractor)),
+             f"{trainable:,}", f"{frozen:,}", "trained" if run.recipe.train_bn else "frozen")
+    return trainable, frozen
 
 
 def _start(run: _Run, resume: bool) -> tuple[list[dict], dict, dict]:
@@ -238,7 +251,7 @@ def _start(run: _Run, resume: bool) -> tuple[list[dict], dict, dict]:
     if resume:
         return checkpoint.resume(run.checkpoint, run.config, run.model, run.trainer)
     t0 = time.perf_counter()
-    val_metrics, predictions = loop.evaluate(run.model, run.val, run.runtime, "val")
+    val_metrics, predictions = loop.evaluate(run.model, run.val, run.engine, "val")
     history = [dict(epoch=0, lr=None, train_loss=None, train_accuracy=None,
                     val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
                     seconds=time.perf_counter() - t0, images_per_second=None)]
@@ -260,13 +273,14 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
         torch.manual_seed(epoch_seed)
         loader = torch.utils.data.DataLoader(
             reader, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
-            num_workers=run.runtime.workers_for(math.ceil(len(reader) / recipe.batch_size)),
+            num_workers=run.engine.placement.workers_for(math.ceil(len(reader) / recipe.batch_size)),
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
         train_mode(run.model, run.top, recipe.train_bn)
-        with progress_bar(len(reader), f"epoch {epoch}/{recipe.epochs}", enabled=run.runtime.progress) as bar:
+        with progress_bar(len(reader), f"epoch {epoch}/{recipe.epochs}",
+                          enabled=run.engine.placement.progress) as bar:
             done = loop.train_epoch(run.model, loader, targets, run.trainer, bar)
     train_seconds = time.perf_counter() - t0
-    val = loop.evaluate(run.model, run.val, run.runtime, "val")
+    val = loop.evaluate(run.model, run.val, run.engine, "val")
     return dict(epoch=epoch, lr=done.lr, train_loss=done.loss, train_accuracy=done.accuracy,
                 val_loss=val[0]["loss"], val_accuracy=val[0]["accuracy"],
                 seconds=time.perf_counter() - t0,
@@ -301,7 +315,7 @@ def _train(run: _Run, history: list[dict], start: dict, best: dict, title: str, 
             board.close()
         if run.checkpoint.exists():
             log.warning("stopped: the last finished epoch is saved in %s; run the same command with "
-                        "--resume to continue", run.checkpoint)
+                        "`resume=True` to continue", run.checkpoint)
         raise
     return best
 
@@ -320,7 +334,7 @@ def _candidates(run: _Run, start: dict, best: dict) -> list[dict]:
 
     def measure(alpha: float) -> None:
         run.model.load_state_dict(mixed(start["state"], best["state"], alpha), strict=False)
-        val_metrics, predictions = loop.evaluate(run.model, run.val, run.runtime, f"val, mixed {alpha:g}")
+        val_metrics, predictions = loop.evaluate(run.model, run.val, run.engine, f"val, mixed {alpha:g}")
         found.append(dict(alpha=alpha, metrics=val_metrics, predictions=predictions))
         log.info("mixed %g of the way from the head: val accuracy %.4f", alpha, val_metrics["accuracy"])
 
@@ -406,12 +420,8 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     check_out(out, own=checkpoint.WORK_FILES)  # before hours of training, not after
     board = Board(tensorboard) if tensorboard is not None else None
     run = _prepare(source, dataset, parts, out, recipe, runtime, resume)
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in run.model.parameters()) - trainable
+    trainable, frozen = _parameters(run)
     name = run.model.extractor.spec.name
-    log.info("%s: %s of %d blocks unfrozen: %s trainable and %s frozen parameters; BatchNorm statistics "
-             "%s", name, run.recipe.unfreeze, len(blocks(run.model.extractor)), f"{trainable:,}",
-             f"{frozen:,}", "trained" if recipe.train_bn else "frozen")
     history, first, best = _start(run, resume)
     title = f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}"
     best = _train(run, history, first, best, title, board)
@@ -424,7 +434,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                 head_val_accuracy=history[0]["val_accuracy"], history="history.csv")
     run.model.load_state_dict(mixed(first["state"], best["state"], chosen["alpha"]), strict=False)
     # Measured whether kept or not: a test split is there to show what the verdict chose against.
-    test = loop.evaluate(run.model, dataset.subset(parts["test"]), run.runtime, "test") \
+    test = loop.evaluate(run.model, dataset.subset(parts["test"]), run.engine, "test") \
         if "test" in parts else None
     if verdict["kept"] == "head":
         results = _write_head(run, source, history, title, dict(
@@ -440,9 +450,9 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
             **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256")
                if k in source.info}))
     plots = [out / "history.png", *([out / "confusion_val.png"] if verdict["kept"] == "finetuned" else [])]
-    if board is not None:
-        if verdict["kept"] == "finetuned":
-            board.picture("confusion", out / "confusion_val.png", verdict["epoch"])
+    if board is not None and verdict["kept"] == "finetuned":
+        board.fitted([], plots[-1], verdict["epoch"])
+    elif board is not None:
         board.close()
     return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
                           frozen, time.perf_counter() - start, plots, mixing, verdict,

@@ -22,11 +22,11 @@ from ..cache.format import data_folder
 from ..cache.reader import DiskFeatures, FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import PREDICTIONS_FILE, metrics_line, split_digest, split_indices, write_predictions
-from ..files import size_text
 from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, make_head
 from ..heads.torch_head import TorchHead
-from ..plots import confusion_matrix_png, history_png, search_png
-from ..tensorboard import Board
+from ..reporting.plots import confusion_matrix_png, history_png, search_png
+from ..reporting.tensorboard import Board
+from ..util.files import size_text
 from .options import AUTO_SEARCH_VALUES, MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .search import COST, SearchResult, probe
 from .streaming import batch_rows, evaluate, fit_streamed
@@ -69,7 +69,7 @@ def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray], model: str) -> n
         raise DataError(f"{fc.path}: the {model} head needs {need} training images of each class, "
                         f"and {', '.join(fc.classes[i] for i in few[:5])}"
                         f"{f' and {len(few) - 5} more' if len(few) > 5 else ''} have fewer: use "
-                        f"--model logistic, or add images")
+                        f"`model` logistic, or add images")
     return train
 
 
@@ -80,18 +80,18 @@ def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[st
         return False
     if "val" not in parts:
         if wanted:
-            raise ConfigError(f"{fc.path}: --search measures each setting on validation images, "
-                              f"and none are held out (--val-split 0, or a single image of each "
-                              f"class): leave out --search, or hold some out")
+            raise ConfigError(f"{fc.path}: `search` measures each setting on validation images, "
+                              f"and none are held out (`val_split` 0, or a single image of each "
+                              f"class): leave out `search`, or hold some out")
         return False
     if fc.features.nbytes > max_memory:
         if wanted:
-            raise ConfigError(f"{fc.path}: --search needs the features in memory, and they take "
-                              f"{size_text(fc.features.nbytes)}, more than --max-memory: raise it")
+            raise ConfigError(f"{fc.path}: `search` needs the features in memory, and they take "
+                              f"{size_text(fc.features.nbytes)}, more than `max_memory`: raise it")
         return False
     values = len(parts["train"]) * fc.features.shape[1] * COST.get(model, 1)
     if wanted is None and values > AUTO_SEARCH_VALUES:
-        log.info("%s: %d training images: fitting the head's defaults without a search (--search "
+        log.info("%s: %d training images: fitting the head's defaults without a search (`search` "
                  "to search, which fits it about 10 times)", fc.path, len(parts["train"]))
         return False
     return True
@@ -117,8 +117,8 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
         raise ConfigError(
             f"{fc.path}: its features take {size_text(features.nbytes)} ({len(features):,} x "
             f"{features.shape[1]:,} {features.dtype}), more than the {size_text(max_memory)} memory "
-            f"budget, and the {model} head needs them all in memory: use --model linear or mlp, "
-            f"which stream them from disk, or raise --max-memory")
+            f"budget, and the {model} head needs them all in memory: use `model` linear or mlp, "
+            f"which stream them from disk, or raise `max_memory`")
 
 
 def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict | None = None,
@@ -141,14 +141,7 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     fc = open_cache(cache, in_memory=False)
     path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")
     check_out(path)
-    # A misspelt parameter, or logs that cannot be written, fail before any work.
-    if not isinstance(make_head(model, **params), TorchHead) and tensorboard is not None:
-        raise ConfigError(f"--tensorboard logs the epochs of the linear and mlp heads (and of "
-                          f"fine-tuning); a {model} head has none: leave it out")
-    board = Board(tensorboard) if tensorboard is not None else None
-    if not len(fc.labels):
-        raise DataError(f"{fc.path} holds no features: all {len(fc.failed)} of its images were "
-                        f"skipped as unreadable (`featx check DATA` lists why)")
+    board = _board(fc, model, params, tensorboard)
     parts = split_indices(fc.splits, fc.labels, val_split, seed)
     train = _train_rows(fc, parts, model)
     found, timings = None, {}
@@ -162,20 +155,11 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
             timings["search"] = time.perf_counter() - t0
         chosen = {**params, **(found.best.params if found else {})}
         head = make_head(model, **chosen)
-        fitted = dict(parts)  # the rows each figure is measured on
-        if found:  # the chosen setting learns from validation too
-            fitted = {"train+val": np.sort(np.concatenate([train, fitted.pop("val")])),
-                      **{k: v for k, v in fitted.items() if k != "train"}}
-        bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model, info=dict(
-            cache=str(Path(fc.path).resolve()), params=chosen,
-            val_split=val_split if "val" not in fc.splits else None, seed=seed,
-            split_sha256=split_digest(fc.paths, parts),
-            fitted_on="train+val" if found else "train", timings=timings,
-            **({"search": dict(trials=[t.to_dict() for t in found.trials], chosen=found.best.params)}
-               if found else {}),
-            **({"data": str(data)} if (data := data_folder(fc.path, fc.attrs)) else {})))
+        fitted = _fitted_rows(parts, found is not None)
+        bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
+                        info=_provenance(fc, parts, chosen, val_split, seed, found, timings))
         t0 = time.perf_counter()
-        _fit(head, model, fc, features, fitted.get("train+val", train), params, max_memory,
+        _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params, max_memory,
              None if found else parts.get("val"))
         timings["fit"] = time.perf_counter() - t0
         bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
@@ -194,11 +178,45 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     bundle.save(path, lambda folder: plots.extend(_pictures(
         folder, bundle, predictions, found, history, f"{model} on {fc.attrs['backbone']}")))
     if board is not None:
-        for row in history or []:
-            board.epoch(row)
-        board.picture("confusion", path / plots[0], len(history or []))
-        board.close()
+        board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
+
+
+def _board(fc: FeatureCache, model: str, params: dict, tensorboard: str | os.PathLike | None
+           ) -> Board | None:
+    """Where a torch head's curves are logged, if asked; a misspelt parameter, logs that cannot
+    be written, or a cache without features fail here, before any work."""
+    if not isinstance(make_head(model, **params), TorchHead) and tensorboard is not None:
+        raise ConfigError(f"`tensorboard` logs the epochs of the linear and mlp heads (and of "
+                          f"fine-tuning); a {model} head has none: leave it out")
+    if not len(fc.labels):
+        raise DataError(f"{fc.path} holds no features: all {len(fc.failed)} of its images were "
+                        f"skipped as unreadable (`featx check DATA` lists why)")
+    return Board(tensorboard) if tensorboard is not None else None
+
+
+def _fitted_rows(parts: dict[str, np.ndarray], searched: bool) -> dict[str, np.ndarray]:
+    """The rows each figure is measured on: the splits, or after a search, where the chosen
+    setting learns from validation too, train+val in place of train and val."""
+    if not searched:
+        return dict(parts)
+    return {"train+val": np.sort(np.concatenate([parts["train"], parts["val"]])),
+            **{k: v for k, v in parts.items() if k not in ("train", "val")}}
+
+
+def _provenance(fc: FeatureCache, parts: dict[str, np.ndarray], chosen: dict, val_split: float,
+                seed: int, found: SearchResult | None, timings: dict) -> dict:
+    """What a bundle records of how its head was fitted: the cache and the split it was fitted
+    and validated on (so fine-tuning can find the same images), its parameters, and the search."""
+    data = data_folder(fc.path, fc.attrs)
+    return dict(
+        cache=str(Path(fc.path).resolve()), params=chosen,
+        val_split=val_split if "val" not in fc.splits else None, seed=seed,
+        split_sha256=split_digest(fc.paths, parts),
+        fitted_on="train+val" if found else "train", timings=timings,
+        **({"search": dict(trials=[t.to_dict() for t in found.trials], chosen=found.best.params)}
+           if found else {}),
+        **({"data": str(data)} if data else {}))
 
 
 def _pictures(folder: Path, bundle: Bundle, predictions: dict, found: SearchResult | None,

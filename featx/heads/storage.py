@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from ..errors import ConfigError
-from ..state_file import load_state, save_state
+from ..util.state_file import load_state, save_state
 from .registry import HEADS, make_head
 from .torch_head import TorchHead, head_module
 

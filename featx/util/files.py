@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -113,14 +113,14 @@ def result_name(folder: Path, what: str, key: str) -> str:
 def check_csv_path(path: Path) -> None:
     """Refuse, before any image is read, a CSV path that cannot be written."""
     if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
+        raise ConfigError(f"`out` {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot make the folder for {path} ({e.strerror or e}): choose another "
-                          f"--out") from e
+                          f"`out`") from e
     if not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"cannot write to {path.parent} (no permission): choose another --out")
+        raise ConfigError(f"cannot write to {path.parent} (no permission): choose another `out`")
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.

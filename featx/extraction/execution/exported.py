@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones.extractor import FeatureExtractor
-from ..errors import ConfigError
-from ..files import durable_write
+from ...backbones.extractor import FeatureExtractor
+from ...errors import ConfigError
+from ...util.files import durable_write
 from . import cpu
 from .fold import TOLERANCE, probe_batch
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("onnxruntime", "openvino")  # each the --execution and the package that runs it
+RUNTIMES = ("onnxruntime", "openvino")  # each the ``execution`` and the package that runs it
 # The opset both runtimes' current releases implement in full; part of the graph's key.
 OPSET = 18
 # Largest relative difference from eager float32 features each precision may show. bfloat16
@@ -131,21 +131,21 @@ def check(execution: str, dtype: str, device: str = "cpu") -> None:
     """Refuse, in one line, what cannot run on ``device`` (a type: cpu, cuda): a runtime on a GPU
     or not installed, or a precision that ``execution`` or this CPU cannot compute natively."""
     if execution in RUNTIMES and device != "cpu":
-        raise ConfigError(f"--execution {execution} runs on a CPU: on {device} leave out "
-                          f"--execution, or pass --device cpu")
+        raise ConfigError(f"`execution` {execution} runs on a CPU: on {device} leave out "
+                          f"`execution`, or pass `device` cpu")
     if execution in RUNTIMES and execution not in installed():
-        raise ConfigError(f"--execution {execution} needs the {execution} package: "
+        raise ConfigError(f"`execution` {execution} needs the {execution} package: "
                           f"pip install {execution}")
     if dtype != "bfloat16" or device != "cpu":
         return
     if execution not in ("auto", "openvino"):
-        raise ConfigError(f"--dtype bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
-                          f"--execution or pass --execution openvino")
+        raise ConfigError(f"`dtype` bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
+                          f"`execution` or pass `execution` openvino")
     if not cpu.has_native_bf16():
-        raise ConfigError(f"--dtype bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
-                          f"AMX); this one ({cpu.describe()}) has none: use --dtype float32")
+        raise ConfigError(f"`dtype` bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
+                          f"AMX); this one ({cpu.describe()}) has none: use `dtype` float32")
     if "openvino" not in installed():
-        raise ConfigError("--dtype bfloat16 on a CPU runs on OpenVINO: pip install openvino")
+        raise ConfigError("`dtype` bfloat16 on a CPU runs on OpenVINO: pip install openvino")
 
 
 class Exported:

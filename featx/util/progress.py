@@ -23,7 +23,7 @@ from time import monotonic
 
 from tqdm.auto import notebook_tqdm, std_tqdm, tqdm
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

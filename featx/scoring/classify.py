@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
-from .backbones.extractor import FeatureExtractor
-from .backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone
-from .backbones.weights import resolve
-from .data.folders import scan_unlabelled
-from .errors import ConfigError
-from .files import cell, check_csv_path, durable_write, result_name
-from .progress import progress_bar
-from .runner import loader
-from .runtime import Runtime, autocast_for
+from ..backbones.extractor import FeatureExtractor, FeatureSpec
+from ..backbones.registry import DEFAULT_BACKBONE, TOP_LABELS, get_backbone
+from ..backbones.weights import resolve
+from ..data.folders import scan_unlabelled
+from ..errors import ConfigError
+from ..extraction.local import loader
+from ..extraction.placement import place
+from ..runtime import Runtime
+from ..util.files import cell, check_csv_path, durable_write, result_name
+from ..util.progress import progress_bar
 
 # Lines of images ``ClassifyResult.summary`` shows; the CSV has every one.
 SHOWN = 50
@@ -80,32 +81,32 @@ def classify(folder: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     eager torch, as this is a check, not the throughput path.
     """
     start = time.perf_counter()
-    runtime = runtime or Runtime()
-    device = runtime.torch_device()
+    placement = place(runtime).placement
     categories = imagenet_categories()
     if not 1 <= top <= len(categories):
-        raise ConfigError(f"--top must be between 1 and {len(categories)}, not {top}")
+        raise ConfigError(f"`top` must be between 1 and {len(categories)}, not {top}")
     spec = get_backbone(backbone)
     if weights is not None and str(weights) == "none":
-        raise ConfigError(f"--weights none gives {backbone} random weights, whose ImageNet head "
-                          f"means nothing: leave out --weights to use its ImageNet weights")
+        raise ConfigError(f"`weights` none gives {backbone} random weights, whose ImageNet head "
+                          f"means nothing: leave out `weights` to use its ImageNet weights")
     dataset = scan_unlabelled(folder)
     # The whole network as the extractor's base: its weights are loaded, and its input
     # normalised, exactly as for extraction.
-    model = FeatureExtractor(dataclasses.replace(spec, tap=lambda m: m), resolve(spec, weights))
+    model = FeatureExtractor(FeatureSpec(dataclasses.replace(spec, tap=lambda m: m)), resolve(spec, weights))
     folder = Path(folder)
     # The weights' hash in the name keeps default and fine-tuned weights' results apart.
     csv_path = Path(out) if out else Path("cache") / "classify" / result_name(
         folder, model.spec.name, model.weights.sha256)
     check_csv_path(csv_path)
+    device = placement.device
     model.to(device)
     _check_head(model, device, len(categories))
 
     tops: dict[int, list[tuple[str, float]]] = {}
     failed: dict[int, str] = {}
-    bar = progress_bar(len(dataset.samples), "classify", enabled=runtime.progress)
-    with bar, torch.inference_mode(), autocast_for(device):
-        for batch in loader(model, dataset, device, runtime, on_device=False):
+    bar = progress_bar(len(dataset.samples), "classify", enabled=placement.progress)
+    with bar, torch.inference_mode(), placement.autocast():
+        for batch in loader(model, dataset, placement, on_device=False):
             failed.update(batch.failed)
             if batch.images is not None:
                 images = batch.images.to(device, non_blocking=True)
@@ -119,7 +120,7 @@ def classify(folder: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     try:
         _write_csv(csv_path, paths, top, tops, failed)
     except OSError as e:
-        raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another --out") from e
+        raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another `out`") from e
     return ClassifyResult(csv_path, backbone, [(paths[i], tops[i]) for i in sorted(tops)],
                           time.perf_counter() - start, [(paths[i], failed[i]) for i in sorted(failed)])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Board:
@@ -17,12 +17,12 @@ class Board:
 
     def __init__(self, folder: str | os.PathLike):
         if Path(folder).exists() and not Path(folder).is_dir():
-            raise ConfigError(f"--tensorboard {folder} is a file, and TensorBoard logs go in a "
+            raise ConfigError(f"`tensorboard` {folder} is a file, and TensorBoard logs go in a "
                               f"folder: choose another")
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # torch's writer needs the tensorboard package
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install "
+            raise ConfigError("`tensorboard` needs the tensorboard package: pip install "
                               "'featx[tensorboard]' (or pip install tensorboard)") from e
         self.writer = SummaryWriter(log_dir=str(folder))
 
@@ -41,6 +41,14 @@ class Board:
 
         with Image.open(png) as im:
             self.writer.add_image(tag, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+
+    def fitted(self, history: list[dict], confusion: Path, step: int | None = None) -> None:
+        """A model fitted: each epoch of its ``history`` not logged yet, then its ``confusion``
+        matrix at ``step`` (None: its last epoch); closed."""
+        for row in history:
+            self.epoch(row)
+        self.picture("confusion", confusion, len(history) if step is None else step)
+        self.close()
 
     def close(self) -> None:
         self.writer.close()

@@ -15,12 +15,10 @@ every node (a shared or mounted file system).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,21 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones.extractor import FeatureExtractor
-from .data.folders import Dataset
-from .errors import ConfigError, first_line
-from .execution.prepare import prepare
-from .runner import BatchOutput, counted, embed, reader
-from .runtime import (
-    BATCHES_PER_BLOCK,
-    CPUS_PER_WORKER,
-    ENGINES,
-    GPU_READERS,
-    RayEngine,
-    Runtime,
-    autocast_for,
+from ..backbones.extractor import FeatureExtractor
+from ..data.folders import Dataset
+from ..errors import ConfigError, first_line
+from ..runtime import BATCHES_PER_BLOCK, CPUS_PER_WORKER, GPU_READERS, RayEngine, Runtime
+from .engine import (
+    BatchOutput,
+    Placement,
+    counted,
     default_dtype,
+    embed,
+    lowest_priority,
+    placement_on,
+    reader,
 )
+from .execution.prepare import prepare
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +56,7 @@ def import_ray():
         import ray
         import ray.data
     except ImportError:
-        raise ConfigError(f"--engine ray needs Ray, which is not installed: {INSTALL}") from None
+        raise ConfigError(f"`engine` ray needs Ray, which is not installed: {INSTALL}") from None
     return ray
 
 
@@ -72,7 +70,7 @@ def _check_reachable(address: str | None) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as e:
         raise ConfigError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): check "
-                          f"--address (or RAY_ADDRESS), and that `ray start --head` runs there") from None
+                          f"`address` (or RAY_ADDRESS), and that `ray start --head` runs there") from None
 
 
 def _connect(address: str | None):
@@ -86,7 +84,7 @@ def _connect(address: str | None):
                      log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot reach the Ray cluster at {address or 'RAY_ADDRESS'} "
-                              f"({first_line(e)}): check --address, or leave it out to run Ray on "
+                              f"({first_line(e)}): check `address`, or leave it out to run Ray on "
                               f"this machine") from e
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -95,18 +93,16 @@ def _connect(address: str | None):
     return ray
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayPool:
     """Where a Ray run computes features: ``workers`` actors of ``cpus`` CPUs and ``gpus`` GPUs
-    each. ``device`` is theirs (cuda or cpu), and ``dtype`` their default precision."""
+    each, placed as ``placement`` says (its device is theirs, cuda or cpu)."""
 
     engine: RayEngine
-    runtime: Runtime
+    placement: Placement
     workers: int
     cpus: float
     gpus: float
-    device: torch.device
-    dtype: str
 
     def describe(self, actors: int | None = None) -> str:
         """``actors`` (default ``workers``) as the progress bar and the log name them."""
@@ -114,14 +110,13 @@ class RayPool:
         each = f"{self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
         return f"ray, {actors} actor{'s' if actors > 1 else ''} of {each}"
 
-    def batches(self, model: FeatureExtractor, dataset: Dataset, desc: str, dtype: str
+    def batches(self, model: FeatureExtractor, dataset: Dataset, desc: str = "extract"
                 ) -> Iterator[BatchOutput]:
         """Features of every readable image in ``dataset``, a batch at a time in the order the
-        actors finish them, as ``runner.run_batches`` gives them locally."""
+        actors finish them, as ``LocalEngine.batches`` gives them locally."""
         ray = import_ray()
         paths = [s.path.as_posix() for s in dataset.samples]
-        batch_size = self.runtime.batch_size_on(self.device)
-        block = self.engine.block_size or BATCHES_PER_BLOCK * batch_size
+        block = self.engine.block_size or BATCHES_PER_BLOCK * self.placement.batch_size
         n_blocks = math.ceil(len(paths) / block)
         actors = min(self.workers, n_blocks)  # an actor with no block to take would only start
         blocks = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)],
@@ -131,13 +126,12 @@ class RayPool:
             compute=ray.data.ActorPoolStrategy(
                 size=actors, max_tasks_in_flight_per_actor=self.engine.blocks_in_flight),
             fn_constructor_kwargs=dict(model=model, root=str(dataset.root.resolve()),
-                                       device=self.device.type, runtime=self.runtime, dtype=dtype,
-                                       threads=max(1, int(self.cpus))))
+                                       placement=self.placement, threads=max(1, int(self.cpus))))
         results = (_batch_output(out, model.feature_dim)
                    for out in embedded.iter_batches(batch_size=None, batch_format="numpy"))
         try:
             yield from counted(results, len(paths), f"{desc} ({self.describe(actors)})",
-                               self.runtime.progress)
+                               self.placement.progress)
         except ray.exceptions.RayError as e:
             raise ConfigError(f"the Ray run failed: {first_line(e)}") from e
 
@@ -161,23 +155,22 @@ class Embedder:
     they read in parallel, as files on shared storage come at the pace of its latency.
     """
 
-    def __init__(self, model: FeatureExtractor, root: str, device: str, runtime: Runtime, dtype: str,
-                 threads: int):
-        if device == "cpu":
+    def __init__(self, model: FeatureExtractor, root: str, placement: Placement, threads: int):
+        on_cpu = placement.device.type == "cpu"
+        if on_cpu:
             torch.set_num_threads(threads)
-        self.model, self.root, self.dtype = model, Path(root), dtype
-        self.device = torch.device(device)
-        self.batch_size = runtime.batch_size_on(self.device)
-        self.on_device = runtime.decode_on(self.device) == "device"
-        self.runner = prepare(model, runtime.execution, self.device, self.batch_size, dtype)
+        self.model, self.root, self.placement = model, Path(root), placement
+        self.batch_size = placement.batch_size
+        self.runner = prepare(model, placement.execution, placement.device, self.batch_size, placement.dtype)
         # Beside a GPU, which decodes, reading is mostly waiting for storage: more threads than
         # CPUs keep more files coming.
-        readers = threads if device == "cpu" else max(GPU_READERS, threads)
+        readers = threads if on_cpu else max(GPU_READERS, threads)
         self.reading = ThreadPoolExecutor(readers, thread_name_prefix="featx-reader",
-                                          initializer=_lowest_priority)
+                                          initializer=lowest_priority)
 
     def __call__(self, block: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        files, collate = reader(self.model, self.root, [Path(p) for p in block["path"]], self.on_device)
+        files, collate = reader(self.model, self.root, [Path(p) for p in block["path"]],
+                                self.placement.decode == "device")
 
         def read_ahead(start: int) -> list[Future]:
             return [self.reading.submit(files.__getitem__, i)
@@ -187,14 +180,9 @@ class Embedder:
         for start in range(0, len(files), self.batch_size):
             batch = collate([f.result() for f in pending])
             pending = read_ahead(start + self.batch_size)
-            with torch.inference_mode(), autocast_for(self.device, self.dtype):
-                out = embed(batch, self.model, self.runner, self.device)
+            with torch.inference_mode(), self.placement.autocast():
+                out = embed(batch, self.model, self.runner, self.placement.device)
             yield _columns(out, block["index"], self.model.feature_dim)
-
-
-def _lowest_priority() -> None:
-    with contextlib.suppress(OSError):  # where threads have no priority of their own, as they come
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _columns(out: BatchOutput, index: np.ndarray, dim: int) -> dict[str, np.ndarray]:
@@ -208,17 +196,17 @@ def _columns(out: BatchOutput, index: np.ndarray, dim: int) -> dict[str, np.ndar
             "execution": np.array([out.execution] * (n_ok + n_failed), object)}
 
 
-def start(engine: RayEngine, runtime: Runtime) -> RayPool:
+def start(engine: RayEngine, runtime: Runtime, dtype: str | None = None) -> RayPool:
     """Connect to the cluster and size the pool of actors for it, or say in one line why not."""
     if runtime.workers == 0:
-        raise ConfigError("--workers 0: the Ray engine needs at least one actor (leave --workers "
+        raise ConfigError("`workers` 0: the Ray engine needs at least one actor (leave `workers` "
                           "out for as many as the cluster has room for)")
     ray = _connect(engine.address)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     has_gpus = any(n.get("GPU", 0) for n in nodes)
     if runtime.device.startswith("cuda") and not has_gpus:
-        raise ConfigError(f"--device {runtime.device} asked for, but the Ray cluster has no GPU: "
-                          f"use --device cpu")
+        raise ConfigError(f"`device` {runtime.device} asked for, but the Ray cluster has no GPU: "
+                          f"use `device` cpu")
     gpus = engine.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if has_gpus and runtime.device != "cpu" else 0.0
@@ -228,12 +216,12 @@ def start(engine: RayEngine, runtime: Runtime) -> RayPool:
     workers = runtime.workers or room
     if not 0 < workers <= room:
         raise ConfigError(f"the Ray cluster has room for {room} actor(s) of {cpus:g} CPU and {gpus:g} "
-                          f"GPU now, not {workers}: lower --workers, --cpus-per-worker or "
-                          f"--gpus-per-worker, or add nodes")
+                          f"GPU now, not {workers}: lower `workers`, `cpus_per_worker` or "
+                          f"`gpus_per_worker`, or add nodes")
     device = torch.device("cuda" if gpus else "cpu")
-    dtype = ray.get(ray.remote(num_gpus=gpus, num_cpus=0)(_default_dtype).remote()) if gpus else \
-        default_dtype(device)
-    pool = RayPool(engine, runtime, workers, cpus, gpus, device, dtype)
+    dtype = dtype or (ray.get(ray.remote(num_gpus=gpus, num_cpus=0)(_default_dtype).remote()) if gpus
+                      else default_dtype(device))
+    pool = RayPool(engine, placement_on(device, runtime, dtype), workers, cpus, gpus)
     log.info("%s (the cluster: %d node(s), %g CPUs, %g GPUs)", pool.describe(), len(nodes),
              sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes))
     return pool
@@ -246,15 +234,6 @@ def _cpus(nodes: list[dict], workers: int | None) -> float:
     if workers:
         cpus = min(cpus, sum(n.get("CPU", 0) for n in nodes) // workers)
     return max(1.0, cpus)
-
-
-def pool_for(engine: str | RayEngine, runtime: Runtime) -> RayPool | None:
-    """The Ray pool that ``engine`` asks for, or None for the local engine."""
-    if engine == "local":
-        return None
-    if engine == "ray" or isinstance(engine, RayEngine):
-        return start(RayEngine() if engine == "ray" else engine, runtime)
-    raise ConfigError(f"unknown --engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 def _default_dtype() -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_weights
 
-from ..backbones.extractor import FeatureExtractor
+from ...backbones.extractor import FeatureExtractor
 
 # Largest difference allowed between a folded model's features and eager ones, relative to the
 # largest feature. float32 rounding alone gives ~1e-6 here; a wrongly folded layer gives ~1.
@@ -69,7 +69,7 @@ def fold_batchnorm(model: FeatureExtractor, probe: torch.Tensor
     it; how many were folded; and the largest difference of its features from ``model``'s on the
     uint8 batch ``probe``, relative to the largest feature."""
     folded = copy.deepcopy(model)
-    # A layer the features are caught at (--layer) keeps its own output: neither folded nor gone.
+    # A layer the features are caught at (``layers``) keeps its own output: neither folded nor gone.
     caught = {id(folded.base.get_submodule(layer)) for layer in folded.layers}
     pairs = [(conv, bn) for conv, bn in _bn_pairs(folded.base, folded.normalise(probe))
              if id(conv) not in caught and id(bn) not in caught]

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BUNDLE_FILE, Bundle, load_bundle
-from .cache.format import data_folder
-from .cache.reader import FeatureCache, open_cache
-from .data.folders import SPLITS
-from .errors import ConfigError
-from .evaluation import metrics_line
-from .files import size_text
-from .identity import RANDOM_INIT, FeatureIdentity
+from ..backbones.identity import RANDOM_INIT, FeatureIdentity
+from ..bundle import BUNDLE_FILE, Bundle, load_bundle
+from ..cache.format import data_folder
+from ..cache.reader import FeatureCache, open_cache
+from ..data.folders import SPLITS
+from ..errors import ConfigError
+from ..evaluation import metrics_line
+from ..util.files import size_text
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Info:
 
 def identity_facts(ident: FeatureIdentity) -> list[tuple[str, str]]:
     p = ident.preprocessing
-    weights = ("random (--weights none)" if ident.weights_sha256 == RANDOM_INIT
+    weights = ("random (`weights` none)" if ident.weights_sha256 == RANDOM_INIT
                else ident.weights_file or "the backbone's own")
     # Features written by ``write_cache`` from elsewhere record no preprocessing.
     done = (f"resize {p['resize_size']} ({p['interpolation']}), crop {p['crop_size']}, mean "
@@ -110,7 +110,7 @@ def _head_numbers(bundle: Bundle) -> int:
 
 
 def _backbone_parameters(name: str) -> int:
-    from .backbones.registry import get_backbone
+    from ..backbones.registry import get_backbone
 
     spec = get_backbone(name)
     return sum(p.numel() for p in spec.tap(spec.build()).parameters())

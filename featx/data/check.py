@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.folders import SPLITS, Sample, scan
-from .data.images import error_line, read_image
-from .progress import progress_bar
-from .runtime import default_workers
+from ..runtime import default_workers
+from ..util.progress import progress_bar
+from .folders import SPLITS, Sample, scan
+from .images import error_line, read_image
 
 
 @dataclass

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones.preprocessing import Preprocessing
-from .bundle import Bundle, load_bundle
-from .cache.reader import open_cache
-from .data.folders import SPLITS, Dataset, scan
-from .data.images import load_rgb
-from .errors import CacheError, ConfigError, DataError, first_line
-from .evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
-from .files import durable_write
-from .finetuning.recipe import Recipe
-from .inspection import UNSPLIT, bundle_info, cache_counts
+from ..backbones.preprocessing import Preprocessing
+from ..bundle import Bundle, load_bundle
+from ..cache.reader import open_cache
+from ..data.folders import SPLITS, Dataset, scan
+from ..data.images import load_rgb
+from ..errors import CacheError, ConfigError, DataError, first_line
+from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
+from ..util.files import durable_write
+from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
 log = logging.getLogger(__name__)
@@ -179,7 +178,7 @@ def _prediction_pictures(page: _Page, found: _Images, held: Predictions, classes
 def _sample_pictures(page: _Page, found: _Images, dataset: Dataset, classes: list[str]) -> None:
     rng = np.random.default_rng(0)
     shown, captions = [], []
-    number = {name: i for i, name in enumerate(dataset.classes)}  # by name: --data may hold others
+    number = {name: i for i, name in enumerate(dataset.classes)}  # by name: ``data`` may hold others
     for name in classes[:SAMPLE_CLASSES]:
         mine = [s.path.as_posix() for s in dataset.samples if s.label == number.get(name)]
         picked = [mine[i] for i in sorted(rng.permutation(len(mine))[:SAMPLES_PER_CLASS])]
@@ -195,13 +194,13 @@ def _sample_pictures(page: _Page, found: _Images, dataset: Dataset, classes: lis
 def _augmentation_pictures(page: _Page, found: _Images, dataset: Dataset, bundle: Bundle) -> None:
     import torch
 
-    from .data.augmentation import train_transform
+    from ..data.augmentation import AUGMENTATIONS, train_transform
 
     # A fine-tune whose verdict kept the head leaves its settings, but no model trained with them.
     kept = bundle.info.get("verdict", {}).get("kept", "finetuned")
     settings = bundle.info.get("settings") if kept == "finetuned" else None
-    augment = settings.get("augment", []) if settings else Recipe().augment
-    seed = settings.get("seed", 0) if settings else Recipe().seed
+    augment = settings.get("augment", []) if settings else AUGMENTATIONS  # fine-tuning's default
+    seed = settings.get("seed", 0) if settings else 0
     held = dataset.samples
     page.add("augmentation", _note(
         ("the augmentation this model was fine-tuned with: " if settings else
@@ -227,20 +226,20 @@ def _augmentation_pictures(page: _Page, found: _Images, dataset: Dataset, bundle
 def _read_scores(scores: Path) -> tuple[list[dict], dict | None]:
     """The rows of a CSV ``featx score`` wrote, and the metrics beside it; refused in one line
     before any picture is drawn if it is not one."""
-    from .scoring import metrics_path
+    from ..evaluation import metrics_path
 
     fix = "give the CSV `featx score` wrote"
     try:
         with open(scores, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             if not {"path", "predicted", "error"} <= set(reader.fieldnames or ()):
-                raise ConfigError(f"--scores {scores} is not a CSV of `featx score` (no path, "
+                raise ConfigError(f"`scores` {scores} is not a CSV of `featx score` (no path, "
                                   f"predicted and error columns): {fix}")
             rows = list(reader)
         found = metrics_path(scores)
         return rows, json.loads(found.read_text()) if found.is_file() else None
     except (OSError, csv.Error, ValueError) as e:
-        raise ConfigError(f"cannot read --scores {scores} ({first_line(e)}): {fix}") from e
+        raise ConfigError(f"cannot read `scores` {scores} ({first_line(e)}): {fix}") from e
 
 
 def _scores(page: _Page, scores: Path, rows: list[dict], m: dict | None) -> None:
@@ -278,59 +277,68 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
     b = load_bundle(bundle)
     path = Path(out) if out else b.path / "report.html"
     if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
+        raise ConfigError(f"`out` {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
     scored = _read_scores(Path(scores)) if scores is not None else None
     if data is not None and not Path(data).is_dir():
-        raise DataError(f"--data {data}: no such image folder: give the folder the bundle was "
+        raise DataError(f"`data` {data}: no such image folder: give the folder the bundle was "
                         f"fitted on")
     root = Path(data) if data else Path(b.info["data"]) if b.info.get("data") else None
-    if root is not None and not root.is_dir():  # moved since: the image sections say --data
+    if root is not None and not root.is_dir():  # moved since: the image sections say ``data``
         root = None
     with tempfile.TemporaryDirectory() as scratch:
         page = _Page(Path(scratch))
         facts = bundle_info(b)  # the bundle loaded and checked once
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
         _data_section(page, b)
-        page.add("metrics", _metrics_table(b.metrics))
-        shown = "val" if "val" in b.metrics else next(iter(b.metrics), None)
-        if shown and "per_class" in b.metrics[shown]:
-            page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
-        for section, names in (("confusion", sorted(b.path.glob("confusion_*.png"))),
-                               ("curves", [b.path / "history.png"]), ("search", [b.path / "search.png"])):
-            for png in names:
-                if png.is_file() and png.name in b.files:
-                    page.picture(section, png)
-        if not (b.path / "history.png").is_file():
-            page.missing("curves", f"no training curves: a {b.model} head is fitted in one go, "
-                                   f"not epoch by epoch")
-        if "search" in b.info:
-            s = b.info["search"]
-            keys = list(s["chosen"])
-            page.add("search", _table([*keys, "val accuracy", "val loss", "seconds", ""], [
-                [*(f"{t['params'][k]:g}" for k in keys), f"{t['val_accuracy']:.4f}",
-                 f"{t['val_loss']:.4f}", t["seconds"], "chosen" if t["params"] == s["chosen"] else ""]
-                for t in s["trials"]]))
-        else:
-            page.missing("search", "no search was run for this bundle (fit-head --search runs one)")
+        _result_sections(page, b)
         _image_sections(page, b, root)
         if scores is not None:
             _scores(page, Path(scores), *scored)
         else:
-            page.missing("scores", "no scored folder given (featx report BUNDLE --scores CSV)")
-        body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{"".join(page.parts.get(sid, []))}'
-                       f"</section>" for sid, title in SECTIONS)
-        title = f"featx report: {b.path.name}"
-        doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-               f"</title><style>{_style()}</style></head><body><h1>{html.escape(title)}</h1>{body}"
-               f"</body></html>")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with durable_write(path) as tmp:
-                tmp.write_text(doc, encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot write {path} ({e.strerror or e}): choose another --out") from e
+            page.missing("scores", "no scored folder given (featx report BUNDLE `scores` CSV)")
+        _write_page(path, page, f"featx report: {b.path.name}")
     return ReportResult(path, [sid for sid, _ in SECTIONS], page.pictures, page.notes,
                         time.perf_counter() - start)
+
+
+def _result_sections(page: _Page, b: Bundle) -> None:
+    """The metrics, the pictures the bundle holds (confusion, curves, search) and the search's
+    table."""
+    page.add("metrics", _metrics_table(b.metrics))
+    shown = "val" if "val" in b.metrics else next(iter(b.metrics), None)
+    if shown and "per_class" in b.metrics[shown]:
+        page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
+    for section, names in (("confusion", sorted(b.path.glob("confusion_*.png"))),
+                           ("curves", [b.path / "history.png"]), ("search", [b.path / "search.png"])):
+        for png in names:
+            if png.is_file() and png.name in b.files:
+                page.picture(section, png)
+    if not (b.path / "history.png").is_file():
+        page.missing("curves", f"no training curves: a {b.model} head is fitted in one go, "
+                               f"not epoch by epoch")
+    if "search" in b.info:
+        s = b.info["search"]
+        keys = list(s["chosen"])
+        page.add("search", _table([*keys, "val accuracy", "val loss", "seconds", ""], [
+            [*(f"{t['params'][k]:g}" for k in keys), f"{t['val_accuracy']:.4f}",
+             f"{t['val_loss']:.4f}", t["seconds"], "chosen" if t["params"] == s["chosen"] else ""]
+            for t in s["trials"]]))
+    else:
+        page.missing("search", "no search was run for this bundle (fit-head `search` runs one)")
+
+
+def _write_page(path: Path, page: _Page, title: str) -> None:
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>{"".join(page.parts.get(sid, []))}'
+                   f"</section>" for sid, name in SECTIONS)
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+           f"</title><style>{_style()}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+           f"</body></html>")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with durable_write(path) as tmp:
+            tmp.write_text(doc, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {path} ({e.strerror or e}): choose another `out`") from e
 
 
 def _data_section(page: _Page, b: Bundle) -> None:
@@ -354,7 +362,7 @@ def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
     sections = ("predictions", "mistakes", "samples", "augmentation")
     if root is None or not b.identity.preprocessing:
         why = ("the image folder is not known (a cache made by an older featx, or moved apart from "
-               "its images): pass --data with it" if root is None else
+               "its images): pass `data` with it" if root is None else
                "the features were made outside featx (write_cache): no crop is recorded to show")
         for s in sections:
             page.missing(s, why)

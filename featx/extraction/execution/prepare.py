@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..backbones.extractor import FeatureExtractor
-from ..errors import ConfigError
+from ...backbones.extractor import FeatureExtractor
+from ...errors import ConfigError
 from . import cpu, exported
 from .compiled import compiled
 from .exported import RUNTIMES, Exported, Refused, check, computed_in, export

@@ -1,4 +1,4 @@
-"""Stage three: classify every image under a folder with a saved bundle, and write a CSV.
+"""Stage four: classify every image under a folder with a saved bundle, and write a CSV.
 
 The folder's features are kept in a cache of its own under ``cache/scores/``, made and updated
 by the same runner as ``extract``'s, so scoring a folder again only reads the images it has not
@@ -16,18 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, backbone_for, load_bundle
-from .cache.format import default_path
-from .cache.reader import open_cache
-from .data.folders import Dataset, scan_unlabelled
-from .errors import ConfigError
-from .evaluation import Tally, metrics_line
-from .execution.exported import check
-from .files import cell, check_csv_path, durable_write, result_name
-from .plots import confusion_matrix_png
-from .ray_engine import pool_for
-from .runner import ExtractResult, update_cache
-from .runtime import RayEngine, Runtime, default_dtype
+from ..bundle import Bundle, backbone_for, load_bundle
+from ..cache.format import default_path
+from ..cache.reader import open_cache
+from ..data.folders import Dataset, scan_unlabelled
+from ..errors import ConfigError
+from ..evaluation import Tally, metrics_line, metrics_path
+from ..extraction.placement import place
+from ..extraction.update import ExtractResult, update_cache
+from ..reporting.plots import confusion_matrix_png
+from ..runtime import RayEngine, Runtime
+from ..util.files import cell, check_csv_path, durable_write, result_name
 
 
 @dataclass
@@ -74,12 +73,8 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     ``runtime`` and ``engine`` are as for ``extract``.
     """
     start = time.perf_counter()
-    runtime = runtime or Runtime()
     # A missing device, or what cannot run on it, fails before any scan or model load.
-    on_ray = pool_for(engine, runtime)
-    device = on_ray.device if on_ray else runtime.torch_device()
-    dtype = on_ray.dtype if on_ray else default_dtype(device)
-    check(runtime.execution, dtype, device.type)
+    runs = place(runtime, engine)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
@@ -87,8 +82,8 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     named = Path(b.path or "bundle")
     csv_path = Path(out) if out else scores / result_name(folder, named.name, str(named.resolve()))
     check_csv_path(csv_path)
-    extracted = update_cache(default_path(dataset.root, model.identity(), dtype, scores),
-                             dataset, model, dtype, runtime, desc="score", pool=on_ray)
+    extracted = update_cache(default_path(dataset.root, model.identity(), runs.placement.dtype, scores),
+                             dataset, model, runs, desc="score")
     fc = open_cache(extracted.path, identity=b.identity, in_memory=False)
     proba = np.zeros((len(fc.paths), len(b.classes)))
     for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads
@@ -104,7 +99,7 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
             metrics_path(csv_path).unlink(missing_ok=True)
             csv_path.with_suffix(".png").unlink(missing_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another --out; "
+        raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another `out`; "
                           f"the features are kept in {extracted.path}, so the next run only "
                           f"classifies") from e
     result = ScoreResult(csv_path, len(rows), len(fc.failed), time.perf_counter() - start,
@@ -115,11 +110,6 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                                            csv_path.with_suffix(".png"),
                                            f"{folder.name}: accuracy {found['accuracy']:.3f}")
     return result
-
-
-def metrics_path(csv_path: Path) -> Path:
-    """Where the metrics of a scored folder's labelled images go: beside its CSV."""
-    return csv_path.with_suffix(".metrics.json")
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
