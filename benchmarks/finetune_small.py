@@ -66,8 +66,8 @@ def main() -> None:
                                    runtime=quiet)
             seconds = time.perf_counter() - t0
             verdict = tuned.verdict
-            print(f"{per_class:9d} {seed:4d} {verdict['n']:5d} {verdict['before']:8.4f} "
-                  f"{verdict['after']:9.4f} {verdict['kept']:>10s} {head.metrics['test']['n']:6d} "
+            print(f"{per_class:9d} {seed:4d} {verdict.n:5d} {verdict.before:8.4f} "
+                  f"{verdict.after:9.4f} {verdict.kept:>10s} {head.metrics['test']['n']:6d} "
                   f"{head.metrics['test']['accuracy']:9.4f} {tuned.metrics['test']['accuracy']:9.4f} "
                   f"{tuned.finetuned_test['accuracy']:15.4f} {seconds:7.0f}", flush=True)
 

@@ -46,13 +46,6 @@ class DemoResult:
     extract: ExtractResult
     fit: FitResult
     score: ScoreResult
-
-    def summary(self) -> str:
-        return "\n".join([self.extract.summary(), self.fit.summary(), self.score.summary().splitlines()[0],
-                          f"demo: digits test accuracy {self.score.accuracy:.4f} "
-                          f"(validation {self.fit.metrics['val']['accuracy']:.4f})"])
-
-
 def run_demo(data: str | Path = "data/digits", cache_dir: str | Path = "cache",
              backbone: str = DEFAULT_BACKBONE, progress: bool = True) -> DemoResult:
     """extract → fit-head → score on the digits, with the default (offline) backbone."""

@@ -106,16 +106,6 @@ def metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     return Tally(classes).add(y, proba).result()
 
 
-def metrics_line(split: str, m: dict) -> str:
-    """One line of a split's metrics, as every command prints them (a bundle of an earlier featx
-    has only n, accuracy and loss)."""
-    ci = "(95% CI {:.3f}-{:.3f})  ".format(*m["accuracy_ci95"]) if "accuracy_ci95" in m else ""
-    extra = "".join(f"  {label}={m[key]:.4f}" for key, label in
-                    (("balanced_accuracy", "balanced"), ("loss", "loss"),
-                     (f"top{TOP_K}_accuracy", f"top{TOP_K}"), ("roc_auc", "auc")) if key in m)
-    return f"{split:9s} n={m['n']:<6d} accuracy={m['accuracy']:.4f} {ci}{extra.lstrip()}"
-
-
 def split_digest(paths: list[str], parts: dict[str, np.ndarray]) -> str:
     """Which image went to which split, as one hash: kept in the bundle, so that fine-tuning can
     tell whether it holds out the very images the head was validated on."""
@@ -200,14 +190,29 @@ class Predictions:
                      for k in ("labels", "predicted", "confidence")))
 
 
-def paired_gain(before: Predictions, after: Predictions, z: float = Z95) -> dict:
+@dataclass(frozen=True)
+class PairedGain:
+    """How much more accurate one set of predictions is than another on the same ``n`` images:
+    both accuracies, the ``gain`` with its 95 % interval (``low``, ``high``), and the images
+    newly right (``wins``) and newly wrong (``losses``)."""
+
+    n: int
+    before: float
+    after: float
+    gain: float
+    low: float
+    high: float
+    wins: int
+    losses: int
+
+
+def paired_gain(before: Predictions, after: Predictions, z: float = Z95) -> PairedGain:
     """How much more accurate ``after`` is than ``before`` on the same images, with an interval.
 
     Only the images on which the two disagree about being right carry information (McNemar's
     view): the gain is (wins - losses) / n, and its interval is the Wilson interval of the share
     of wins among those images, scaled to the gain. It is an interval above zero only when the
     wins outnumber the losses by more than chance would: 5 wins to 0 do it, 6 to 3 do not.
-    Returns n, both accuracies, gain, low, high, wins and losses.
     """
     # By path, on the images both have: a resumed run may have lost or gained one since.
     right = dict(zip(before.paths, before.predicted == before.labels, strict=True))
@@ -217,9 +222,9 @@ def paired_gain(before: Predictions, after: Predictions, z: float = Z95) -> dict
     n, wins, losses = len(now), int((now & ~was).sum()), int((was & ~now).sum())
     low, high = wilson_interval(wins, wins + losses, z)
     share = (wins + losses) / max(n, 1)
-    return dict(n=n, before=float(was.mean()) if n else 0.0, after=float(now.mean()) if n else 0.0,
-                gain=(wins - losses) / max(n, 1), low=share * (2 * low - 1), high=share * (2 * high - 1),
-                wins=wins, losses=losses)
+    return PairedGain(n=n, before=float(was.mean()) if n else 0.0, after=float(now.mean()) if n else 0.0,
+                      gain=(wins - losses) / max(n, 1), low=share * (2 * low - 1),
+                      high=share * (2 * high - 1), wins=wins, losses=losses)
 
 
 def write_predictions(path: Path, found: dict[str, Predictions], classes: list[str]) -> Path:
@@ -242,8 +247,3 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, Predictions]:
                 [row["path"], number[row["label"]], number[row["predicted"]], float(row["confidence"])])
     return {split: Predictions([r[0] for r in got], *(np.array([r[i] for r in got]) for i in (1, 2, 3)))
             for split, got in rows.items()}
-
-
-def metrics_path(csv_path: Path) -> Path:
-    """Where the metrics of a scored folder's labelled images go: beside its CSV."""
-    return csv_path.with_suffix(".metrics.json")

@@ -6,6 +6,7 @@ import shutil
 
 import featx
 from featx.cli import main
+from featx.cli.text import summary
 
 from conftest import write_folder, write_image
 
@@ -40,4 +41,4 @@ def test_duplicates_within_and_across_splits_and_classes(tmp_path, capsys):
 
 def test_a_clean_folder_says_so_in_worker_processes(tmp_path):
     report = featx.check(write_folder(tmp_path / "clean", {"": 3}), workers=2, progress=False)
-    assert report.summary().splitlines()[1:] == ["every image can be read; no duplicates"]
+    assert summary(report).splitlines()[1:] == ["every image can be read; no duplicates"]

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 import featx
+from featx.cli.text import classified as classified_text
+from featx.cli.text import summary
 from featx.scoring.classify import ClassifyResult, classify
 
 from conftest import QUIET, write_image
@@ -66,7 +68,7 @@ def test_a_broken_file_is_skipped_and_its_reason_written(classified, photos):
     assert len(rows) == 7 and by_path["bees/broken.jpg"]["error"] == why
     assert by_path["bees/broken.jpg"]["label1"] == ""
     assert by_path["ants/10308379_1b6c72e180.jpg"]["label1"] == "ant"
-    assert f"skipped bees/broken.jpg: {why}" in classified.summary()
+    assert f"skipped bees/broken.jpg: {why}" in summary(classified)
 
 
 def test_the_default_csv_is_named_after_the_folder_and_backbone(classified):
@@ -75,7 +77,7 @@ def test_the_default_csv_is_named_after_the_folder_and_backbone(classified):
 
 
 def test_the_summary_shows_one_line_per_image_up_to_its_limit(classified):
-    lines = classified.summary(limit=4).splitlines()
+    lines = classified_text(classified, limit=4).splitlines()
     assert re.fullmatch(r"ants/10308379_1b6c72e180\.jpg: ant 0\.\d\d(, [^,]+ 0\.\d\d){4}", lines[0])
     assert lines[4] == "... 2 more in the CSV"
     assert lines[-1].startswith("classified 6 images (1 skipped) with efficientnet_lite0's ImageNet head")

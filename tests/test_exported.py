@@ -13,6 +13,7 @@ from torch import nn
 import featx
 from featx.backbones.preprocessing import Preprocessing
 from featx.backbones.spec import BackboneSpec
+from featx.cli.text import summary
 from featx.extraction.execution import cpu, exported
 from featx.extraction.execution.fold import TOLERANCE
 from featx.extraction.execution.prepare import RACE_BATCHES, Race, prepare
@@ -227,5 +228,5 @@ def test_features_of_any_float32_execution_share_one_cache(tmp_path):
 def test_the_runtime_chosen_is_said_in_the_summary_and_recorded_in_the_cache(own_hub, tiny_net, tmp_path):
     data = write_folder(tmp_path / "data", {"": 5})
     r = featx.extract(data, "tiny_export_net", out=tmp_path / "f.h5", **fast(batch_size=1))
-    assert r.execution in INSTALLED and f"img/s on {r.execution} ->" in r.summary()
+    assert r.execution in INSTALLED and f"img/s on {r.execution} ->" in summary(r)
     assert featx.open_cache(r.path).attrs["execution"] == r.execution

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import featx
+from featx.cli.text import summary
 from featx.util.files import sha256_file
 
 from conftest import FAST, ctrl_c_after, fast, write_image
@@ -61,7 +62,7 @@ def test_second_run_is_up_to_date_and_a_change_is_noticed(split_folder):
     mtime = first.path.stat().st_mtime_ns
     again = featx.extract(split_folder, **FAST)
     assert again.up_to_date and again.path == first.path and first.path.stat().st_mtime_ns == mtime
-    assert again.summary() == f"up to date: {first.path} (22 images, 0 skipped)"
+    assert summary(again) == f"up to date: {first.path} (22 images, 0 skipped)"
 
     write_image(split_folder / "val" / "red" / "new.png", (200, 50, 40))
     changed = featx.extract(split_folder, **FAST)
@@ -107,7 +108,7 @@ def test_ctrl_c_keeps_every_finished_batch_and_the_same_command_goes_on(split_fo
     r = featx.extract(split_folder, out="cut.h5", **FAST)
     assert (r.n_reused, r.n_extracted) == (8, 14) and not Path("cut.h5.partial").exists()
     assert "resuming: 8 images were already extracted in cut.h5.partial" in caplog.messages
-    assert r.summary().startswith("extracted 14 images, reused 8 (0 skipped) in ")
+    assert summary(r).startswith("extracted 14 images, reused 8 (0 skipped) in ")
     cut = featx.open_cache(r.path)
     assert cut.paths == whole.paths
     np.testing.assert_allclose(cut.features, whole.features, rtol=1e-4, atol=1e-5)

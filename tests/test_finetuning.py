@@ -14,6 +14,7 @@ from tqdm import tqdm
 import featx
 from featx.backbones import torchvision_zoo
 from featx.backbones.extractor import blocks, save_weights
+from featx.cli.text import summary
 from featx.data.augmentation import AUGMENTATIONS, train_transform
 from featx.data.readers import Batch, ImageReader
 from featx.evaluation import Predictions, paired_gain
@@ -166,10 +167,10 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=2, keep="finetuned"))
     fitted = featx.load_bundle(bundle)
     # Epoch 0 is the converted head on the backbone, before any step: the head's own figures.
-    assert r.history[0]["val_accuracy"] == fitted.metrics["val"]["accuracy"]
-    assert r.history[0]["val_loss"] == pytest.approx(fitted.metrics["val"]["loss"], rel=1e-4)
-    assert [h["epoch"] for h in r.history] == [0, 1, 2]
-    assert all(h["train_loss"] > 0 and h["images_per_second"] > 0 for h in r.history[1:])
+    assert r.history[0].val_accuracy == fitted.metrics["val"]["accuracy"]
+    assert r.history[0].val_loss == pytest.approx(fitted.metrics["val"]["loss"], rel=1e-4)
+    assert [h.epoch for h in r.history] == [0, 1, 2]
+    assert all(h.train_loss > 0 and h.images_per_second > 0 for h in r.history[1:])
     assert {m["n"] for m in r.metrics.values()} == {6, 4}  # val, then test once with the best weights
     assert r.unfreeze == "top:2" and r.trainable + r.frozen == sum(
         p.numel() for p in featx.load_backbone(weights="none").parameters()) + 1280 * 2 + 2
@@ -177,15 +178,15 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
         "backbone.safetensors", "bundle.json", "confusion_val.png", "head.safetensors",
         "history.csv", "history.json", "history.png", "predictions.csv"]  # no checkpoint: gone with the run
     # The best epoch, mixed with the head at a grid of weights and either side of the best of it.
-    assert r.best_epoch > 0 and r.verdict["kept"] == "finetuned"
-    alphas = [m["alpha"] for m in r.mixing]
+    assert r.best_epoch > 0 and r.verdict.kept == "finetuned"
+    alphas = [m.alpha for m in r.mixing]
     assert alphas[0] == 0 and alphas[-1] == 1 and {0.25, 0.5, 0.75} < set(alphas) and len(alphas) in (6, 7)
-    assert r.mixing[0]["val_accuracy"] == r.history[0]["val_accuracy"]
-    assert r.mixing[-1]["val_loss"] == pytest.approx(r.history[r.best_epoch]["val_loss"], rel=1e-5)
-    assert r.metrics["val"]["accuracy"] == max(m["val_accuracy"] for m in r.mixing[1:])
-    assert re.search(r"val accuracy: head 1.0000 -> fine-tuned \d.\d{4} \(epoch \d", r.summary())
+    assert r.mixing[0].val_accuracy == r.history[0].val_accuracy
+    assert r.mixing[-1].val_loss == pytest.approx(r.history[r.best_epoch].val_loss, rel=1e-5)
+    assert r.metrics["val"]["accuracy"] == max(m.val_accuracy for m in r.mixing[1:])
+    assert re.search(r"val accuracy: head 1.0000 -> fine-tuned \d.\d{4} \(epoch \d", summary(r))
     assert re.search(r"gain [+-]\d+.\d\d points on 6 val images \(95% CI [+-]\d+.\d\d to [+-]\d+.\d\d; "
-                     r"0 images newly right, \d newly wrong\): keeping the fine-tuned model", r.summary())
+                     r"0 images newly right, \d newly wrong\): keeping the fine-tuned model", summary(r))
 
     tuned = featx.load_bundle(r.bundle)
     assert tuned.identity.weights_file == "backbone.safetensors"
@@ -201,14 +202,14 @@ def test_a_gain_the_validation_images_cannot_resolve_keeps_the_head_as_it_was(so
     root, bundle = source
     r = featx.finetune(root, bundle, out=tmp_path / "tuned", **tiny(epochs=1))
     fitted = featx.load_bundle(bundle)
-    assert r.verdict["kept"] == "head" and r.metrics == fitted.metrics
-    assert "not more than 6 images can tell from chance, so the bundle keeps the head" in r.summary()
-    assert r.finetuned_test["n"] == 4 and "(the fine-tuned model, not kept)" in r.summary()
+    assert r.verdict.kept == "head" and r.metrics == fitted.metrics
+    assert "not more than 6 images can tell from chance, so the bundle keeps the head" in summary(r)
+    assert r.finetuned_test["n"] == 4 and "(the fine-tuned model, not kept)" in summary(r)
     assert featx.load_bundle(r.bundle).info["finetuned_test"] == r.finetuned_test  # measured, not kept
     kept = featx.load_bundle(r.bundle)
     # The head fit-head wrote, on the pretrained base: scores reuse the folder's features.
     assert kept.identity == fitted.identity and kept.model == "logistic"
-    assert kept.info["verdict"] == r.verdict and kept.info["cache"] == fitted.info["cache"]
+    assert kept.info["verdict"] == r.verdict.to_dict() and kept.info["cache"] == fitted.info["cache"]
     assert {"history.png", "predictions.csv", "confusion_val.png"} <= {p.name for p in r.bundle.iterdir()}
     assert "backbone.safetensors" not in {p.name for p in r.bundle.iterdir()}
     a, b = (featx.score(root / "test", path, runtime=QUIET, out=tmp_path / f"{name}.csv").csv.read_text()
@@ -245,11 +246,11 @@ def test_a_gain_counts_only_where_the_disagreements_say_more_than_chance(wins, l
     paths = [f"{i}.png" for i in range(n)]
     gain = paired_gain(Predictions(paths, labels, before, np.ones(n)),
                        Predictions(paths[::-1], labels[::-1], after[::-1], np.ones(n)))  # matched by path
-    assert (gain["wins"], gain["losses"]) == (wins, losses)
-    assert gain["gain"] == pytest.approx((wins - losses) / n)
-    assert gain["after"] - gain["before"] == pytest.approx(gain["gain"])
-    assert gain["low"] <= gain["gain"] <= gain["high"]
-    assert (gain["low"] > 0) == resolved
+    assert (gain.wins, gain.losses) == (wins, losses)
+    assert gain.gain == pytest.approx((wins - losses) / n)
+    assert gain.after - gain.before == pytest.approx(gain.gain)
+    assert gain.low <= gain.gain <= gain.high
+    assert (gain.low > 0) == resolved
 
 
 class Interrupt:
@@ -284,8 +285,8 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monk
                              **tiny(epochs=2, patience=5, mix=False))
     # Epochs 2 and 3 start from epoch 1's weights, optimizer state and seeds: the same run.
     for a, b in zip(whole.history[1:], resumed.history[1:], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-7)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-7)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5, abs=1e-7)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5, abs=1e-7)
     assert whole.best_epoch == resumed.best_epoch
 
 
@@ -309,7 +310,7 @@ def test_a_pool_holds_out_what_the_head_held_out_and_refuses_once_that_is_unknow
     cache = featx.extract(pool, **FAST).path
     bundle = featx.fit_head(cache, "logistic").bundle
     r = featx.finetune(pool, bundle, out=tmp_path / "tuned", **tiny(epochs=1))
-    assert r.history[0]["val_accuracy"] == featx.load_bundle(bundle).metrics["val"]["accuracy"]
+    assert r.history[0].val_accuracy == featx.load_bundle(bundle).metrics["val"]["accuracy"]
     assert r.metrics["val"]["n"] == featx.load_bundle(bundle).metrics["val"]["n"] == 2
 
     write_image(pool / "red" / "late.png", (200, 50, 40), seed=99)

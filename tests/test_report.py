@@ -15,6 +15,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
+from featx.cli.text import summary
 from featx.reporting.report import SECTIONS
 
 from conftest import FAST, QUIET, write_folder
@@ -88,15 +89,15 @@ def test_a_report_without_the_images_says_what_to_pass(fitted, tmp_path):
 
 def test_info_tells_what_a_cache_and_a_bundle_hold(fitted, finetuned, capsys):
     root, cache, bundle = fitted
-    text = featx.info(cache).summary()
+    text = summary(featx.info(cache))
     assert "18 in 2 classes, 1 skipped" in text and "efficientnet_lite0" in text
     assert re.search(r"red\s+6\s+3", text) and "broken.jpg" in text
     assert f"colours ({root})" in text  # found where it was, beside the cache
-    text = featx.info(bundle).summary()
+    text = summary(featx.info(bundle))
     assert "logistic (C=" in text and "fitted on train+val" in text and "settings tried on val" in text
     assert re.search(r"parameters\s+1,281 trainable, 3,371,008 frozen", text)  # 1280 features + bias
     assert re.search(r"val\s+n=6 ", text)
-    text = featx.info(finetuned).summary()
+    text = summary(featx.info(finetuned))
     assert "fine-tuned" in text and "top:1 unfrozen" in text
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -9,6 +9,7 @@ import re
 import pytest
 
 import featx
+from featx.cli.text import summary
 
 from conftest import COLOURS, FAST, write_folder, write_image
 
@@ -41,7 +42,7 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
     assert by_path["unsorted/x.png"]["label"] == "" and by_path["unsorted/x.png"]["predicted"] == "red"
     assert by_path["red/bad.jpg"]["predicted"] == "" and by_path["red/bad.jpg"]["error"]
     assert abs(float(by_path["red/red1.png"]["p_red"]) + float(by_path["red/red1.png"]["p_blue"]) - 1) < 1e-5
-    assert "skipped red/bad.jpg: " in r.summary() and "labelled  n=6      accuracy=1.0000" in r.summary()
+    assert "skipped red/bad.jpg: " in summary(r) and "labelled  n=6      accuracy=1.0000" in summary(r)
     found = json.loads(r.csv.with_suffix(".metrics.json").read_text())
     assert found == r.metrics and found["n"] == 6 and found["confusion"] == [[3, 0], [0, 3]]
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import featx
+from featx.cli.text import summary
 from featx.evaluation import read_predictions
 from featx.fitting.search import GRIDS, grid
 
@@ -48,7 +49,7 @@ def test_search_is_the_default_on_a_small_cache_and_refits_on_train_and_val(blob
     assert best.params["C"] == b.head[-1].C
     held = read_predictions(r.bundle / "predictions.csv", b.classes)
     assert list(held) == ["val"] and len(held["val"].paths) == r.metrics["val"]["n"]
-    assert "<- chosen" in r.summary() and "chosen on val: C=" in r.summary()
+    assert "<- chosen" in summary(r) and "chosen on val: C=" in summary(r)
     for png in r.plots:
         with Image.open(png) as im:
             im.load()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import featx
+from featx.cli.text import summary
 from featx.evaluation import split_indices
 
 from conftest import FAST, write_folder
@@ -30,7 +31,7 @@ def test_fit_evaluates_each_split_and_writes_a_bundle(split_cache, model):
     for png in r.plots:  # the torch heads' training curves too
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(r.plots) == (2 if model in ("linear", "mlp") else 1)
-    assert "val       n=6      accuracy=1.0000 (95% CI 0.610-1.000)" in r.summary()
+    assert "val       n=6      accuracy=1.0000 (95% CI 0.610-1.000)" in summary(r)
 
     b = featx.load_bundle(r.bundle)
     fc = featx.open_cache(split_cache)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..runtime import default_workers
 from ..util.progress import progress_bar
-from .folders import SPLITS, Sample, scan
+from .folders import Sample, scan
 from .images import error_line, read_image
 
 
@@ -29,37 +29,6 @@ class CheckReport:
     def leaks(self) -> list[list[Sample]]:
         """Duplicates in more than one split: an image in train is also in val or test."""
         return [g for g in self.duplicates if len({s.split for s in g}) > 1]
-
-    def _where(self, group: list[Sample]) -> str:
-        splits = [s for s in SPLITS if s in {x.split for x in group}]
-        labels = sorted({s.label for s in group})
-        notes = ([f"{' and '.join(splits)}: leakage"] if len(splits) > 1 else []) + \
-            ([f"labelled {' and '.join(self.classes[i] for i in labels)}"] if len(labels) > 1 else [])
-        return f"  ({'; '.join(notes)})" if notes else ""
-
-    def summary(self) -> str:
-        n = sum(self.split_counts.values())
-        lines = [f"checked {n} images in {len(self.classes)} classes (" +
-                 ", ".join(f"{k} {v}" for k, v in self.split_counts.items()) +
-                 f") in {self.seconds:.1f} s"]
-        if len(self.classes) == 1:
-            lines.append(f"only one class, {self.classes[0]}: fit-head needs two or more")
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} would be skipped:")
-            lines += [f"  {path}: {why}" for path, why in self.skipped]
-        if self.ignored:
-            lines.append(f"{len(self.ignored)} passed over:")
-            lines += [f"  {path}: {why}" for path, why in self.ignored]
-        if self.duplicates:
-            lines.append(f"duplicates, the same bytes under other names: {len(self.duplicates)} "
-                         f"group(s), {len(self.leaks)} across splits:")
-            lines += ["  " + " = ".join(s.path.as_posix() for s in g) + self._where(g)
-                      for g in self.duplicates]
-        if len(lines) == 1:
-            lines.append("every image can be read; no duplicates")
-        return "\n".join(lines)
-
-
 def _digest(path: Path) -> tuple[str | None, str | None]:
     """(sha256, None) for an image extract can read, else (None, why)."""
     try:

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
+# How a count names images of no split, and images of no class.
+UNSPLIT, UNLABELLED = "images", "(no class)"
 
 
 @dataclass(frozen=True)

@@ -47,17 +47,6 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return (self.n_extracted + self.n_failed) / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> str:
-        if self.up_to_date:
-            return f"up to date: {self.path} ({self.n_images} images, {self.n_failed} skipped)"
-        reused = f", reused {self.n_reused}" if self.n_reused else ""
-        rate = (f", {self.images_per_second:.1f} img/s on {self.execution}" if self.n_extracted
-                else "")
-        return (f"extracted {self.n_extracted} images{reused} ({self.n_failed} skipped) in "
-                f"{self.seconds:.1f} s{rate} -> {self.path}")
-
-
 def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, engine: Engine,
                  force: bool = False, desc: str = "extract") -> ExtractResult:
     """Make the cache at ``path`` hold ``model``'s features of every image in ``dataset``, those

@@ -10,8 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..evaluation import Predictions
 from ..reporting.plots import history_png
@@ -19,6 +17,7 @@ from ..util.state_file import load_state, save_state
 from .loop import Trainer
 from .model import Classifier
 from .recipe import AFTER_TRAINING
+from .records import HistoryRow, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -28,36 +27,29 @@ WORK_FILES = (CHECKPOINT, "history.json", "history.csv", "history.png")
 
 
 def snapshot(epoch: int, val_metrics: dict, predictions: Predictions, model: Classifier,
-             keys: list[str]) -> dict:
+             keys: list[str]) -> Snapshot:
     """What is kept of an epoch (the first, the best): its validation metrics and predictions,
     and its weights, those named in ``keys`` (``model.learned_keys``: the rest never change)."""
     state = model.state_dict()
-    return dict(epoch=epoch, metrics=val_metrics, predictions=dataclasses.asdict(predictions),
-                state={k: state[k].detach().cpu().clone() for k in keys})
+    return Snapshot(epoch, val_metrics, dataclasses.asdict(predictions),
+                    {k: state[k].detach().cpu().clone() for k in keys})
 
 
-def predictions(kept: dict) -> Predictions:
-    """A snapshot's validation predictions, as ``snapshot`` kept them (or a checkpoint gave them
-    back, as tensors)."""
-    kept = kept["predictions"]
-    return Predictions(list(kept["paths"]),
-                       *(np.asarray(kept[k]) for k in ("labels", "predicted", "confidence")))
-
-
-def write_history(history: list[dict], out: Path, title: str) -> Path:
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+def write_history(history: list[HistoryRow], out: Path, title: str) -> Path:
+    rows = [h.to_dict() for h in history]
+    (out / "history.json").write_text(json.dumps(rows, indent=1))
     with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows(history)
-    return history_png(history, out / "history.png", title)
+        w.writerows(rows)
+    return history_png(rows, out / "history.png", title)
 
 
-def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history: list[dict],
-         start: dict, best: dict) -> None:
+def save(path: Path, config: dict, model: Classifier, trainer: Trainer, history: list[HistoryRow],
+         start: Snapshot, best: Snapshot) -> None:
     save_state(path, dict(config=config, model=model.state_dict(), optimizer=trainer.optimizer.state_dict(),
                           scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
-                          history=history, start=start, best=best))
+                          history=[h.to_dict() for h in history], start=start.to_dict(), best=best.to_dict()))
 
 
 def check_start(path: Path, resume: bool) -> None:
@@ -70,7 +62,7 @@ def check_start(path: Path, resume: bool) -> None:
 
 
 def resume(path: Path, config: dict, model: Classifier, trainer: Trainer
-           ) -> tuple[list[dict], dict, dict]:
+           ) -> tuple[list[HistoryRow], Snapshot, Snapshot]:
     """Load the checkpoint into ``model`` and ``trainer``, refusing one made with another recipe;
     returns its history, first epoch and best epoch."""
     # On the CPU: load_state_dict copies each tensor to where its parameter lives.
@@ -90,4 +82,4 @@ def resume(path: Path, config: dict, model: Classifier, trainer: Trainer
     if state["scaler"]:  # empty when the interrupted run needed no scaler (CPU, bfloat16)
         trainer.scaler.load_state_dict(state["scaler"])
     log.info("resuming after epoch %d", state["history"][-1]["epoch"])
-    return state["history"], state["start"], state["best"]
+    return [HistoryRow(**h) for h in state["history"]], Snapshot(**state["start"]), Snapshot(**state["best"])

@@ -34,7 +34,6 @@ from ..errors import BundleError, CacheError, DataError
 from ..evaluation import (
     PREDICTIONS_FILE,
     Predictions,
-    metrics_line,
     paired_gain,
     split_digest,
     split_indices,
@@ -52,6 +51,7 @@ from ..util.progress import progress_bar
 from . import checkpoint, loop
 from .model import Classifier, learned_keys, mixed, param_groups, resolve_unfreeze, schedule, train_mode
 from .recipe import Recipe
+from .records import Candidate, HistoryRow, Mix, Snapshot, Verdict, plain
 
 BACKBONE_FILE = "backbone.safetensors"
 # WiSE-FT mixing weights tried first (0 is the head, 1 the best epoch), then the points this far
@@ -66,57 +66,16 @@ log = logging.getLogger(__name__)
 class FinetuneResult:
     bundle: Path
     metrics: dict           # split -> metrics (``evaluation.Tally``) of what the bundle holds
-    history: list[dict]     # one row per epoch; epoch 0 is the head as fit-head left it
+    history: list[HistoryRow]  # one row per epoch; epoch 0 is the head as fit-head left it
     best_epoch: int
     unfreeze: str
     trainable: int          # parameters
     frozen: int
     seconds: float
     plots: list[Path]
-    mixing: list[dict]      # alpha, val_accuracy, val_loss: each weight tried, 0 the head, 1 the best epoch
-    verdict: dict           # ``evaluation.paired_gain`` of the best fine-tuned weights over the
-                            # head on val, their epoch and alpha, and what was kept: head or finetuned
+    mixing: list[Mix]       # each weight tried, 0 the head, 1 the best epoch
+    verdict: Verdict
     finetuned_test: dict | None = None  # those weights' test metrics, kept or not
-
-    def summary(self) -> str:
-        def cell(v, fmt):
-            return format(v, fmt) if v is not None else format("-", f">{fmt.split('.')[0]}")
-
-        lines = [f"{'epoch':>5s} {'lr':>8s} {'train loss':>10s} {'train acc':>9s} {'val loss':>8s} "
-                 f"{'val acc':>7s} {'seconds':>7s} {'img/s':>6s}"]
-        lines += [f"{h['epoch']:5d} {cell(h['lr'], '8.1e')} {cell(h['train_loss'], '10.4f')} "
-                  f"{cell(h['train_accuracy'], '9.4f')} {h['val_loss']:8.4f} {h['val_accuracy']:7.4f} "
-                  f"{h['seconds']:7.1f} {cell(h['images_per_second'], '6.1f')}" for h in self.history]
-        if len(self.mixing) > 2:
-            lines.append("mixed with the head (WiSE-FT), val accuracy at each weight: " + ", ".join(
-                f"{m['alpha']:g} {m['val_accuracy']:.4f}" for m in self.mixing))
-        v = self.verdict
-        mix = f", mixed {v['alpha']:g} of the way from the head" if v["alpha"] < 1 else ""
-        lines.append(f"val accuracy: head {v['before']:.4f} -> fine-tuned {v['after']:.4f} (epoch "
-                     f"{v['epoch']}{mix}; {self.unfreeze} unfrozen, {self.trainable:,} of "
-                     f"{self.trainable + self.frozen:,} parameters)")
-        gain = (f"gain {100 * v['gain']:+.2f} points on {v['n']} val images (95% CI "
-                f"{100 * v['low']:+.2f} to {100 * v['high']:+.2f}; {v['wins']} images newly right, "
-                f"{v['losses']} newly wrong)")
-        if v["kept"] == "finetuned":
-            lines.append(f"{gain}: keeping the fine-tuned model" + (
-                "" if v["low"] > 0 else ", as `keep` finetuned asks, though the gain is not resolved"))
-        elif v["high"] < 0:
-            lines.append(f"{gain}: the fine-tuned model is worse, so the bundle keeps the head as "
-                         f"fit-head wrote it")
-        else:
-            lines.append(f"{gain}: not more than {v['n']} images can tell from chance, so the "
-                         f"bundle keeps the head as fit-head wrote it (`keep` finetuned keeps the "
-                         f"fine-tuned model)")
-        return "\n".join([*lines, *self._closing()])
-
-    def _closing(self) -> list[str]:
-        lines = [metrics_line("test", self.metrics["test"])] if "test" in self.metrics else []
-        if self.verdict["kept"] == "head" and self.finetuned_test:
-            lines.append(metrics_line("test", self.finetuned_test) + "  (the fine-tuned model, not kept)")
-        return [*lines, f"fine-tuned in {self.seconds:.0f} s -> {self.bundle}"]
-
-
 def _head_split(source: Bundle, needed: str) -> tuple[FeatureCache, dict[str, np.ndarray]]:
     """The cache the bundle's head was fitted on, and the split fit-head made of it, refused if
     the cache has changed since; ``needed`` ends the error where the cache cannot be read: what
@@ -244,7 +203,7 @@ def _parameters(run: _Run) -> tuple[int, int]:
     return trainable, frozen
 
 
-def _start(run: _Run, resume: bool) -> tuple[list[dict], dict, dict]:
+def _start(run: _Run, resume: bool) -> tuple[list[HistoryRow], Snapshot, Snapshot]:
     """The history, epoch 0 (the head as it was) and the best trained epoch so far: the
     checkpoint's, or epoch 0 standing in for one, before any."""
     checkpoint.check_start(run.checkpoint, resume)
@@ -252,14 +211,14 @@ def _start(run: _Run, resume: bool) -> tuple[list[dict], dict, dict]:
         return checkpoint.resume(run.checkpoint, run.config, run.model, run.trainer)
     t0 = time.perf_counter()
     val_metrics, predictions = loop.evaluate(run.model, run.val, run.engine, "val")
-    history = [dict(epoch=0, lr=None, train_loss=None, train_accuracy=None,
-                    val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
-                    seconds=time.perf_counter() - t0, images_per_second=None)]
+    history = [HistoryRow(epoch=0, lr=None, train_loss=None, train_accuracy=None,
+                          val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"],
+                          seconds=time.perf_counter() - t0, images_per_second=None)]
     start = checkpoint.snapshot(0, val_metrics, predictions, run.model, run.keys)
     return history, start, start
 
 
-def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
+def _epoch(run: _Run, epoch: int) -> tuple[HistoryRow, tuple[dict, Predictions]]:
     """Train one epoch and validate it: its history row, and (metrics, predictions)."""
     t0, recipe, device = time.perf_counter(), run.recipe, run.trainer.device
     # Shuffling, augmentation (per image) and dropout are seeded by epoch, so a resumed run sees
@@ -281,14 +240,14 @@ def _epoch(run: _Run, epoch: int) -> tuple[dict, tuple]:
             done = loop.train_epoch(run.model, loader, targets, run.trainer, bar)
     train_seconds = time.perf_counter() - t0
     val = loop.evaluate(run.model, run.val, run.engine, "val")
-    return dict(epoch=epoch, lr=done.lr, train_loss=done.loss, train_accuracy=done.accuracy,
-                val_loss=val[0]["loss"], val_accuracy=val[0]["accuracy"],
-                seconds=time.perf_counter() - t0,
-                images_per_second=(done.images + done.skipped) / train_seconds), val
+    return HistoryRow(epoch=epoch, lr=done.lr, train_loss=done.loss, train_accuracy=done.accuracy,
+                      val_loss=val[0]["loss"], val_accuracy=val[0]["accuracy"],
+                      seconds=time.perf_counter() - t0,
+                      images_per_second=(done.images + done.skipped) / train_seconds), val
 
 
-def _train(run: _Run, history: list[dict], start: dict, best: dict, title: str, board: Board | None
-           ) -> dict:
+def _train(run: _Run, history: list[HistoryRow], start: Snapshot, best: Snapshot, title: str,
+           board: Board | None) -> Snapshot:
     """Epochs until the last or until ``patience`` epochs bring no better validation accuracy,
     a checkpoint after each (and its figures to ``board``); returns the best trained epoch's
     snapshot (the head, epoch 0, is not one: it is weighed against this afterwards)."""
@@ -296,18 +255,17 @@ def _train(run: _Run, history: list[dict], start: dict, best: dict, title: str, 
         checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, start, best)
         checkpoint.write_history(history, run.out, title)
         if board is not None and not logged:
-            board.epoch(history[-1])
+            board.epoch(history[-1].to_dict())
 
     try:
-        save(logged=history[-1]["epoch"] > 0)  # a resumed run's last epoch is in the log already
-        for epoch in range(history[-1]["epoch"] + 1, run.recipe.epochs + 1):
-            if epoch - 1 - best["epoch"] >= run.recipe.patience:
+        save(logged=history[-1].epoch > 0)  # a resumed run's last epoch is in the log already
+        for epoch in range(history[-1].epoch + 1, run.recipe.epochs + 1):
+            if epoch - 1 - best.epoch >= run.recipe.patience:
                 log.info("stopping early: no better validation accuracy for %d epochs", run.recipe.patience)
                 break
             row, (val_metrics, predictions) = _epoch(run, epoch)
             history.append(row)
-            if best["epoch"] == 0 or _accuracy_then_loss(dict(metrics=val_metrics)) > \
-                    _accuracy_then_loss(best):
+            if best.epoch == 0 or _rank(val_metrics) > _rank(best.metrics):
                 best = checkpoint.snapshot(epoch, val_metrics, predictions, run.model, run.keys)
             save()
     except BaseException:
@@ -320,45 +278,45 @@ def _train(run: _Run, history: list[dict], start: dict, best: dict, title: str, 
     return best
 
 
-def _accuracy_then_loss(candidate: dict) -> tuple[float, float]:
-    return candidate["metrics"]["accuracy"], -candidate["metrics"]["loss"]
+def _rank(metrics: dict) -> tuple[float, float]:
+    """Better is higher: validation accuracy, then lower loss."""
+    return metrics["accuracy"], -metrics["loss"]
 
 
-def _candidates(run: _Run, start: dict, best: dict) -> list[dict]:
+def _candidates(run: _Run, start: Snapshot, best: Snapshot) -> list[Candidate]:
     """What could be kept, each with its validation metrics and predictions, by its weight
     ``alpha`` on the way from the head (0) to the best trained epoch (1): those two, and with
     ``recipe.mix`` the WiSE-FT mixes between them, a grid and then the points either side of the
     best of it."""
-    found = [dict(alpha=0.0, metrics=start["metrics"], predictions=checkpoint.predictions(start)),
-             dict(alpha=1.0, metrics=best["metrics"], predictions=checkpoint.predictions(best))]
+    found = [Candidate(0.0, start.metrics, start.held()), Candidate(1.0, best.metrics, best.held())]
 
     def measure(alpha: float) -> None:
-        run.model.load_state_dict(mixed(start["state"], best["state"], alpha), strict=False)
+        run.model.load_state_dict(mixed(start.state, best.state, alpha), strict=False)
         val_metrics, predictions = loop.evaluate(run.model, run.val, run.engine, f"val, mixed {alpha:g}")
-        found.append(dict(alpha=alpha, metrics=val_metrics, predictions=predictions))
+        found.append(Candidate(alpha, val_metrics, predictions))
         log.info("mixed %g of the way from the head: val accuracy %.4f", alpha, val_metrics["accuracy"])
 
     if run.recipe.mix:
         for alpha in MIX_GRID:
             measure(alpha)
-        around = max(found, key=_accuracy_then_loss)["alpha"]
+        around = max(found, key=lambda c: _rank(c.metrics)).alpha
         for alpha in (around - MIX_STEP, around + MIX_STEP):
-            if 0 < alpha < 1 and all(abs(c["alpha"] - alpha) > 1e-9 for c in found):
+            if 0 < alpha < 1 and all(abs(c.alpha - alpha) > 1e-9 for c in found):
                 measure(alpha)
-    return sorted(found, key=lambda c: c["alpha"])
+    return sorted(found, key=lambda c: c.alpha)
 
 
-def _verdict(candidates: list[dict], best_epoch: int, keep: str) -> tuple[dict, dict]:
+def _verdict(candidates: list[Candidate], best_epoch: int, keep: str) -> tuple[Candidate, Verdict]:
     """The fine-tuned candidate with the best validation figures, and the verdict: its paired
     gain over the head on the same images, and whether it is kept (``Recipe.keep``)."""
     head = candidates[0]
-    chosen = max(candidates[1:], key=_accuracy_then_loss)
-    gain = paired_gain(head["predictions"], chosen["predictions"])
-    kept = "finetuned" if keep == "finetuned" or gain["low"] > 0 else "head"
-    return chosen, dict(gain, epoch=best_epoch, alpha=chosen["alpha"], kept=kept)
+    chosen = max(candidates[1:], key=lambda c: _rank(c.metrics))
+    gain = paired_gain(head.predictions, chosen.predictions)
+    kept = "finetuned" if keep == "finetuned" or gain.low > 0 else "head"
+    return chosen, Verdict(**plain(gain), epoch=best_epoch, alpha=chosen.alpha, kept=kept)
 
 
-def _write_head(run: _Run, source: Bundle, history: list[dict], title: str, info: dict) -> dict:
+def _write_head(run: _Run, source: Bundle, history: list[HistoryRow], title: str, info: dict) -> dict:
     """The bundle where the verdict keeps the head: the source bundle as fit-head wrote it (its
     head, backbone, figures and pictures), plus this run's history and verdict; returns its
     metrics."""
@@ -375,8 +333,8 @@ def _write_head(run: _Run, source: Bundle, history: list[dict], title: str, info
     return source.metrics
 
 
-def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: dict, held: dict[str, Predictions],
-                  history: list[dict], title: str, info: dict) -> None:
+def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, held: dict[str, Predictions],
+                  history: list[HistoryRow], title: str, info: dict) -> None:
     """The fine-tuned bundle, written whole over the run's folder (its checkpoint goes with the
     old folder): backbone, head, history, the validation confusion PNG and the held-out
     predictions, then bundle.json."""
@@ -391,10 +349,10 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: dict, held: 
         bundle.identity = dataclasses.replace(bundle.identity, weights_sha256=weights.sha256,
                                               weights_file=BACKBONE_FILE)
         checkpoint.write_history(history, folder, title)
-        confusion_matrix_png(np.array(chosen["metrics"]["confusion"]), list(source.classes),
+        confusion_matrix_png(np.array(chosen.metrics["confusion"]), list(source.classes),
                              folder / "confusion_val.png",
                              f"fine-tuned {extractor.spec.name}: val accuracy "
-                             f"{chosen['metrics']['accuracy']:.3f}")
+                             f"{chosen.metrics['accuracy']:.3f}")
         write_predictions(folder / PREDICTIONS_FILE, held, list(source.classes))
 
     bundle.save(run.out, backbone_and_pictures, own=checkpoint.WORK_FILES)
@@ -426,22 +384,21 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     title = f"fine-tuning {name} ({run.recipe.unfreeze}) from {source.path.name}"
     best = _train(run, history, first, best, title, board)
     candidates = _candidates(run, first, best)
-    chosen, verdict = _verdict(candidates, best["epoch"], run.recipe.keep)
-    mixing = [dict(alpha=c["alpha"], val_accuracy=c["metrics"]["accuracy"], val_loss=c["metrics"]["loss"])
-              for c in candidates]
+    chosen, verdict = _verdict(candidates, best.epoch, run.recipe.keep)
+    mixing = [Mix(c.alpha, c.metrics["accuracy"], c.metrics["loss"]) for c in candidates]
     info = dict(finetuned_from=run.config["source"], data=run.config["data"], settings=run.recipe.to_dict(),
-                best_epoch=best["epoch"], mixing=mixing, verdict=verdict,
-                head_val_accuracy=history[0]["val_accuracy"], history="history.csv")
-    run.model.load_state_dict(mixed(first["state"], best["state"], chosen["alpha"]), strict=False)
+                best_epoch=best.epoch, mixing=[m.to_dict() for m in mixing], verdict=verdict.to_dict(),
+                head_val_accuracy=history[0].val_accuracy, history="history.csv")
+    run.model.load_state_dict(mixed(first.state, best.state, chosen.alpha), strict=False)
     # Measured whether kept or not: a test split is there to show what the verdict chose against.
     test = loop.evaluate(run.model, dataset.subset(parts["test"]), run.engine, "test") \
         if "test" in parts else None
-    if verdict["kept"] == "head":
+    if verdict.kept == "head":
         results = _write_head(run, source, history, title, dict(
             info, **({"finetuned_test": test[0]} if test else {}),
             timings=dict(source.info.get("timings", {}), finetune=time.perf_counter() - start)))
     else:
-        results, held = {"val": chosen["metrics"]}, {"val": chosen["predictions"]}
+        results, held = {"val": chosen.metrics}, {"val": chosen.predictions}
         if test:
             results["test"], held["test"] = test
         _write_bundle(run, source, results, chosen, held, history, title, info=dict(
@@ -449,11 +406,11 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
             # Where its validation images are recorded, so the result can be fine-tuned again.
             **{k: source.info[k] for k in ("cache", "val_split", "seed", "split_sha256")
                if k in source.info}))
-    plots = [out / "history.png", *([out / "confusion_val.png"] if verdict["kept"] == "finetuned" else [])]
-    if board is not None and verdict["kept"] == "finetuned":
-        board.fitted([], plots[-1], verdict["epoch"])
+    plots = [out / "history.png", *([out / "confusion_val.png"] if verdict.kept == "finetuned" else [])]
+    if board is not None and verdict.kept == "finetuned":
+        board.fitted([], plots[-1], verdict.epoch)
     elif board is not None:
         board.close()
-    return FinetuneResult(out, results, history, best["epoch"], run.recipe.unfreeze, trainable,
+    return FinetuneResult(out, results, history, best.epoch, run.recipe.unfreeze, trainable,
                           frozen, time.perf_counter() - start, plots, mixing, verdict,
                           test[0] if test else None)

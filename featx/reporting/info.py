@@ -14,9 +14,8 @@ from ..backbones.identity import RANDOM_INIT, FeatureIdentity
 from ..bundle import BUNDLE_FILE, Bundle, load_bundle
 from ..cache.format import data_folder
 from ..cache.reader import FeatureCache, open_cache
-from ..data.folders import SPLITS
+from ..data.folders import SPLITS, UNLABELLED, UNSPLIT
 from ..errors import ConfigError
-from ..evaluation import metrics_line
 from ..util.files import size_text
 
 
@@ -28,26 +27,6 @@ class Info:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> images
     skipped: list[tuple[str, str]] = field(default_factory=list)     # (path, why)
     metrics: dict = field(default_factory=dict)                       # split -> ``Tally`` result
-
-    def summary(self) -> str:
-        width = max(len(k) for k, _ in self.facts)
-        lines = [f"{k:{width}s}  {v}" for k, v in self.facts]
-        if self.counts:
-            splits = [s for s in (*SPLITS, UNSPLIT) if any(s in c for c in self.counts.values())]
-            name = max(len(c) for c in [*self.counts, "class"])
-            lines.append("")
-            lines.append(f"{'class':{name}s} " + " ".join(f"{s:>7s}" for s in splits))
-            lines += [f"{c:{name}s} " + " ".join(f"{n.get(s, 0):7d}" for s in splits)
-                      for c, n in self.counts.items()]
-        if self.metrics:
-            lines.append("")
-            lines += [metrics_line(split, m) for split, m in self.metrics.items()]
-        if self.skipped:
-            lines.append(f"\n{len(self.skipped)} image(s) skipped as unreadable:")
-            lines += [f"  {p}: {why}" for p, why in self.skipped]
-        return "\n".join(lines)
-
-
 def identity_facts(ident: FeatureIdentity) -> list[tuple[str, str]]:
     p = ident.preprocessing
     weights = ("random (`weights` none)" if ident.weights_sha256 == RANDOM_INIT
@@ -63,7 +42,6 @@ def identity_facts(ident: FeatureIdentity) -> list[tuple[str, str]]:
 
 
 # A score cache's rows have no split, and images in no class folder are labelled -1.
-UNSPLIT, UNLABELLED = "images", "(no class)"
 
 
 def cache_counts(fc: FeatureCache) -> dict[str, dict[str, int]]:

@@ -28,7 +28,7 @@ from ..data.folders import SPLITS, Dataset, scan
 from ..data.images import load_rgb
 from ..errors import CacheError, ConfigError, DataError, first_line
 from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
-from ..util.files import durable_write
+from ..util.files import durable_write, metrics_path
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
@@ -55,13 +55,6 @@ class ReportResult:
     pictures: int
     notes: list[str]  # what could not be shown, and why
     seconds: float
-
-    def summary(self) -> str:
-        lines = [f"report with {len(self.sections)} sections and {self.pictures} pictures in "
-                 f"{self.seconds:.1f} s -> {self.path}"]
-        return "\n".join(lines + [f"  {n}" for n in self.notes])
-
-
 def _img(png: Path) -> str:
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(png.stem)}">'
@@ -226,8 +219,6 @@ def _augmentation_pictures(page: _Page, found: _Images, dataset: Dataset, bundle
 def _read_scores(scores: Path) -> tuple[list[dict], dict | None]:
     """The rows of a CSV ``featx score`` wrote, and the metrics beside it; refused in one line
     before any picture is drawn if it is not one."""
-    from ..evaluation import metrics_path
-
     fix = "give the CSV `featx score` wrote"
     try:
         with open(scores, newline="", encoding="utf-8", errors="surrogateescape") as f:

@@ -50,18 +50,6 @@ class ClassifyResult:
     @property
     def n_failed(self) -> int:
         return len(self.failed)
-
-    def summary(self, limit: int = SHOWN) -> str:
-        lines = [f"{path}: " + ", ".join(f"{label} {p:.2f}" for label, p in top)
-                 for path, top in self.rows]
-        lines = _capped(lines, limit)
-        lines += _capped([f"skipped {path}: {why}" for path, why in self.failed], limit)
-        # Last, so that it stays on screen below the per-image lines.
-        lines.append(f"classified {len(self.rows)} images ({self.n_failed} skipped) with "
-                     f"{self.backbone}'s ImageNet head in {self.seconds:.1f} s -> {self.csv}")
-        return "\n".join(lines)
-
-
 def _capped(lines: list[str], limit: int) -> list[str]:
     if len(lines) <= limit:
         return lines

@@ -21,12 +21,12 @@ from ..cache.format import default_path
 from ..cache.reader import open_cache
 from ..data.folders import Dataset, scan_unlabelled
 from ..errors import ConfigError
-from ..evaluation import Tally, metrics_line, metrics_path
+from ..evaluation import Tally
 from ..extraction.placement import place
 from ..extraction.update import ExtractResult, update_cache
 from ..reporting.plots import confusion_matrix_png
 from ..runtime import RayEngine, Runtime
-from ..util.files import cell, check_csv_path, durable_write, result_name
+from ..util.files import cell, check_csv_path, durable_write, metrics_path, result_name
 
 
 @dataclass
@@ -48,19 +48,6 @@ class ScoreResult:
     @property
     def n_labelled(self) -> int:
         return self.metrics["n"] if self.metrics else 0
-
-    def summary(self) -> str:
-        rate = (self.n_scored + self.n_failed) / self.seconds if self.seconds else 0.0
-        lines = [f"scored {self.n_scored} images ({self.n_failed} skipped) in {self.seconds:.1f} s, "
-                 f"{rate:.1f} img/s -> {self.csv}",
-                 *([f"features: {self.features.summary()}"] if self.features else []),
-                 "predicted: " + ", ".join(f"{c} {n}" for c, n in self.predicted.items())]
-        if self.metrics:
-            lines.append(metrics_line("labelled", self.metrics) + f" -> {metrics_path(self.csv)}")
-        lines += [f"skipped {path}: {err}" for path, err in self.failed]
-        return "\n".join(lines)
-
-
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,

@@ -129,3 +129,8 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 def cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA) else text
+
+
+def metrics_path(csv_path: Path) -> Path:
+    """Where the metrics of a scored folder's labelled images go: beside its CSV."""
+    return csv_path.with_suffix(".metrics.json")
