@@ -21,12 +21,13 @@ from ..bundle import Bundle, check_out
 from ..cache.format import data_folder
 from ..cache.reader import DiskFeatures, FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
-from ..evaluation import PREDICTIONS_FILE, metrics_line, split_digest, split_indices, write_predictions
+from ..evaluation import PREDICTIONS_FILE, split_digest, split_indices, write_predictions
 from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, make_head
 from ..heads.torch_head import TorchHead
 from ..reporting.plots import confusion_matrix_png, history_png, search_png
 from ..reporting.tensorboard import Board
 from ..util.files import size_text
+from . import joint
 from .options import AUTO_SEARCH_VALUES, MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .search import COST, SearchResult, probe
 from .streaming import batch_rows, evaluate, fit_streamed
@@ -41,17 +42,6 @@ class FitResult:
     seconds: float
     plots: list[Path]    # the confusion matrix first
     search: SearchResult | None = None
-
-    def summary(self) -> str:
-        lines = [self.search.table()] if self.search else []
-        lines += [metrics_line(split, m) for split, m in self.metrics.items()]
-        if self.search:
-            chosen = ", ".join(f"{k}={v:g}" for k, v in self.search.best.params.items())
-            lines.append(f"chosen on val: {chosen}; then fitted on train+val (val figures are the "
-                         f"chosen setting's, fitted on train alone)")
-        return "\n".join([*lines, f"fitted in {self.seconds:.1f} s -> {self.bundle}"])
-
-
 def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray], model: str) -> np.ndarray:
     """The training rows, refused unless every class has enough for head ``model``."""
     train = parts.get("train", np.array([], int))
@@ -98,11 +88,15 @@ def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[st
 
 
 def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures, train: np.ndarray,
-         params: dict, max_memory: int, eval_rows: np.ndarray | None = None) -> None:
+         params: dict, max_memory: int, eval_rows: np.ndarray | None = None,
+         found: SearchResult | None = None) -> None:
     """Fit ``head`` on the rows ``train`` of ``features``, in memory or streamed from disk (a
-    torch head in memory is measured on ``eval_rows`` after every epoch)."""
+    torch head in memory is measured on ``eval_rows`` after every epoch; a logistic head starts
+    from the search's solution where there was one)."""
     if isinstance(features, np.ndarray):
-        if isinstance(head, TorchHead) and eval_rows is not None:
+        if model == "logistic" and joint.solvable(params):
+            joint.fit_head(head, features[train], fc.labels[train], found.solution if found else None)
+        elif isinstance(head, TorchHead) and eval_rows is not None:
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
             head.fit(features[train], fc.labels[train])
@@ -160,7 +154,7 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
                         info=_provenance(fc, parts, chosen, val_split, seed, found, timings))
         t0 = time.perf_counter()
         _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params, max_memory,
-             None if found else parts.get("val"))
+             None if found else parts.get("val"), found)
         timings["fit"] = time.perf_counter() - t0
         bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
     except FeatxError:

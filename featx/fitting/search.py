@@ -16,6 +16,7 @@ import numpy as np
 from ..evaluation import Predictions, Tally
 from ..heads.registry import class_proba, make_head
 from ..heads.torch_head import TorchHead
+from . import joint
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,7 @@ class SearchResult:
     trials: list[Trial]
     best: Trial
     predictions: Predictions  # the best setting's, on validation
-
-    def table(self) -> str:
-        names = list(self.trials[0].params)
-        lines = [" ".join(f"{n:>12s}" for n in names) + f" {'val acc':>8s} {'val loss':>8s} {'s':>6s}"]
-        for t in self.trials:
-            mark = "  <- chosen" if t is self.best else ""
-            lines.append(" ".join(f"{t.params[n]:>12g}" for n in names) +
-                         f" {t.metrics['accuracy']:8.4f} {t.metrics['loss']:8.4f} {t.seconds:6.1f}{mark}")
-        return "\n".join(lines)
-
-
+    solution: joint.Solution | None = None  # the logistic settings solved, to start the last fit from
 def grid(model: str, fixed: dict) -> tuple[list[dict], str | None]:
     """The settings to try for head ``model`` besides the ``fixed`` parameters the user gave,
     and the parameter to refine; no settings when the user fixed them all."""
@@ -79,41 +70,85 @@ def grid(model: str, fixed: dict) -> tuple[list[dict], str | None]:
 
 
 def probe(model: str, fixed: dict, features: np.ndarray, labels: np.ndarray, train: np.ndarray,
-           val: np.ndarray, classes: list[str], paths: list[str]) -> SearchResult | None:
+          val: np.ndarray, classes: list[str], paths: list[str]) -> SearchResult | None:
     """Fit head ``model`` on the rows ``train`` for each setting of its grid, measure each on
-    ``val``, refine the best; None when there is nothing to search."""
+    ``val``, refine the best; None when there is nothing to search. The logistic head's settings
+    are trained together (``joint``), a round at a time; the other heads' one by one."""
     settings, refine = grid(model, fixed)
     # A neighbour count above the training images cannot be fitted: those settings are not tried.
     settings = [s for s in settings if s.get("n_neighbors", 0) <= len(train)]
     if not settings:
         return None
     X, y, Xv, yv = features[train], labels[train], features[val], labels[val]
+    rounds = _Jointly(X, y, Xv, len(classes)) if model == "logistic" and joint.solvable(fixed) else None
     tried: dict[tuple, tuple[Trial, np.ndarray]] = {}
 
-    def attempt(setting: dict) -> Trial:
-        key = tuple(sorted(setting.items()))
-        if key not in tried:
-            t0 = time.perf_counter()
-            head = make_head(model, **fixed, **setting)
-            if isinstance(head, TorchHead):
-                head.fit(X, y, eval_set=(Xv, yv))
-            else:
-                head.fit(X, y)
-            proba = class_proba(head, Xv, len(classes))
-            trial = Trial(setting, Tally(classes).add(yv, proba).result(), time.perf_counter() - t0,
-                          getattr(head, "history_", None))
-            tried[key] = trial, proba
-            log.info("search %s: %s -> val accuracy %.4f, loss %.4f (%.1f s)", model,
+    def attempt(candidates: list[dict]) -> list[Trial]:
+        new = [c for c in candidates if tuple(sorted(c.items())) not in tried]
+        if rounds is not None and new:
+            found = rounds.fit(new)
+        else:
+            found = [(c, *_one(model, fixed, c, X, y, Xv, yv, len(classes))) for c in new]
+        for setting, proba, seconds, history in found:
+            trial = Trial(setting, Tally(classes).add(yv, proba).result(), seconds, history)
+            tried[tuple(sorted(setting.items()))] = trial, proba
+            log.info("search %s: %s -> val accuracy %.4f, loss %.4f", model,
                      ", ".join(f"{k}={v:g}" for k, v in setting.items()), trial.metrics["accuracy"],
-                     trial.metrics["loss"], trial.seconds)
-        return tried[key][0]
+                     trial.metrics["loss"])
+        return [tried[tuple(sorted(c.items()))][0] for c in candidates]
 
-    best = max((attempt(s) for s in settings), key=lambda t: t.rank)
+    best = max(attempt(settings), key=lambda t: t.rank)
     if refine is not None:
         for factor in REFINE:
             centre = best.params[refine]
-            best = max([best] + [attempt({**best.params, refine: centre * f})
-                                 for f in (1 / factor, factor)], key=lambda t: t.rank)
+            around = [{**best.params, refine: centre * f} for f in (1 / factor, factor)]
+            best = max([best, *attempt(around)], key=lambda t: t.rank)
+    if rounds is not None:
+        log.info("search logistic: %s settings of C trained together in %.1f s", rounds.said(),
+                 rounds.seconds)
     trials = sorted((t for t, _ in tried.values()), key=lambda t: tuple(t.params.values()))
     proba = next(p for t, p in tried.values() if t is best)
-    return SearchResult(trials, best, Predictions.of([paths[i] for i in val], yv, proba))
+    return SearchResult(trials, best, Predictions.of([paths[i] for i in val], yv, proba),
+                        rounds.solution if rounds is not None else None)
+
+
+def _one(model: str, fixed: dict, setting: dict, X: np.ndarray, y: np.ndarray, Xv: np.ndarray,
+         yv: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, list | None]:
+    """One setting fitted on its own: its validation probabilities, seconds and curves."""
+    t0 = time.perf_counter()
+    head = make_head(model, **fixed, **setting)
+    if isinstance(head, TorchHead):
+        head.fit(X, y, eval_set=(Xv, yv))
+    else:
+        head.fit(X, y)
+    return class_proba(head, Xv, n_classes), time.perf_counter() - t0, getattr(head, "history_", None)
+
+
+class _Jointly:
+    """The logistic head's rounds of the search, each round's settings of ``C`` trained together
+    on the training features standardised once, each warm-started from the solved setting
+    nearest it; ``solution`` keeps every setting solved, for the fit on train+val to start from."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, n_classes: int):
+        self.Xs, self.scaler = joint.standardised(X)
+        self.Xv, self.y, self.n_classes = self.scaler.transform(Xv), y, n_classes
+        self.precondition = joint.preconditioner(self.Xs)
+        self.solution: joint.Solution | None = None
+        self.sizes: list[int] = []
+        self.seconds = 0.0
+
+    def fit(self, settings: list[dict]) -> list[tuple[dict, np.ndarray, float, None]]:
+        t0 = time.perf_counter()
+        Cs = [s["C"] for s in settings]
+        solved = joint.fit_path(self.Xs, self.y, self.n_classes, Cs, warm=self.solution,
+                                precondition=self.precondition)
+        self.solution = solved if self.solution is None else self.solution.joined(solved)
+        seconds = time.perf_counter() - t0
+        self.sizes.append(len(Cs))
+        self.seconds += seconds
+        return [(s, solved.proba(k, self.Xv), seconds / len(Cs), None) for k, s in enumerate(settings)]
+
+    def said(self) -> str:
+        """``6, then 2 and 2``: how many settings each round trained together."""
+        first, *rest = self.sizes
+        return f"{first}" + (f", then {' and '.join(map(str, rest))}" if rest else "")
