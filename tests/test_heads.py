@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import featx
 from featx.heads.registry import HEADS, make_head
 from featx.heads.storage import load_head, save_head
-from featx.heads.torch_head import TorchHead
+from featx.heads.torch_head import minibatch_rows
 
 
 def _data(n_classes: int):
@@ -46,11 +46,39 @@ def test_the_estimator_contract(name, n_classes, tmp_path):
     assert repr(again) == repr(head)
 
 
-# A few epochs at a high rate: quick, and still past the > 0.83 training accuracy on blobs that
-# check_classifiers_train asks for.
-@parametrize_with_checks([TorchHead(epochs=5, lr=0.1), TorchHead(hidden=8, epochs=5, lr=0.1)])
-def test_torch_head_passes_scikit_learns_checks(estimator, check):
+@pytest.fixture
+def one_thread():
+    """The checks' data are a few hundred rows at most, where torch's threads only synchronise:
+    on a busy 2-core machine they made the checks take minutes rather than seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# The linear and mlp heads as fit-head makes them, with their defaults: the schedule scales with
+# the data (batch_size="auto"), so that the toy sets train for enough steps.
+@parametrize_with_checks([make_head("linear"), make_head("mlp")])
+def test_torch_heads_pass_scikit_learns_checks_with_their_defaults(estimator, check, one_thread):
     check(estimator)
+
+
+@pytest.mark.parametrize("batch_size, n, rows", [
+    ("auto", 1, 1), ("auto", 9, 1), ("auto", 245, 49), ("auto", 300, 60), ("auto", 1279, 255),
+    ("auto", 1280, 256), ("auto", 160_000, 256), (64, 10, 64), (64, 160_000, 64)])
+def test_auto_minibatches_are_a_fifth_of_the_rows_at_most_256(batch_size, n, rows):
+    assert minibatch_rows(batch_size, n) == rows
+
+
+def test_auto_minibatches_make_every_epoch_at_least_five_steps():
+    for n in range(1, 3000):
+        assert len(range(0, n, minibatch_rows("auto", n))) >= min(n, 5)
+
+
+def test_auto_minibatches_train_large_data_as_256_did():
+    X, y = make_classification(n_samples=1300, n_features=16, random_state=0)
+    auto, fixed = (make_head("linear", epochs=2, batch_size=b).fit(X, y) for b in ("auto", 256))
+    np.testing.assert_array_equal(auto.predict_proba(X), fixed.predict_proba(X))
 
 
 def test_torch_heads_are_a_plain_module_on_raw_features():
@@ -104,6 +132,9 @@ def test_bad_torch_settings_are_refused_at_fit():
         make_head("linear", epochs=0).fit(X, y)
     with pytest.raises(featx.ConfigError, match="^hidden must be a whole number, 0 or more, not 'abc'$"):
         make_head("mlp", hidden="abc").fit(X, y)
+    with pytest.raises(featx.ConfigError, match="^batch_size must be 'auto' or a whole number, 1 or more, "
+                                                "not 'big'$"):
+        make_head("linear", batch_size="big").fit(X, y)
 
 
 def test_partial_fit_epochs_over_all_the_data_are_fit():
