@@ -63,8 +63,8 @@ def _train_rows(fc: FeatureCache, parts: dict[str, np.ndarray], model: str) -> n
     return train
 
 
-def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[str, np.ndarray],
-               max_memory: int) -> bool:
+def _searching(wanted: bool | None, model: str, params: dict, fc: FeatureCache,
+               parts: dict[str, np.ndarray], max_memory: int) -> bool:
     """Whether to search: as asked, else where it costs seconds; never without validation."""
     if wanted is False:
         return False
@@ -79,8 +79,10 @@ def _searching(wanted: bool | None, model: str, fc: FeatureCache, parts: dict[st
             raise ConfigError(f"{fc.path}: `search` needs the features in memory, and they take "
                               f"{size_text(fc.features.nbytes)}, more than `max_memory`: raise it")
         return False
+    # The logistic head's settings are trained together, for about the cost of one fit: at any size.
+    together = model == "logistic" and joint.solvable(params)
     values = len(parts["train"]) * fc.features.shape[1] * COST.get(model, 1)
-    if wanted is None and values > AUTO_SEARCH_VALUES:
+    if wanted is None and values > AUTO_SEARCH_VALUES and not together:
         log.info("%s: %d training images: fitting the head's defaults without a search (`search` "
                  "to search, which fits it about 10 times)", fc.path, len(parts["train"]))
         return False
@@ -95,7 +97,8 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
     from the search's solution where there was one)."""
     if isinstance(features, np.ndarray):
         if model == "logistic" and joint.solvable(params):
-            joint.fit_head(head, features[train], fc.labels[train], found.solution if found else None)
+            joint.fit_head(head, features[train], fc.labels[train], *((found.solution, found.basis)
+                                                                       if found else ()))
         elif isinstance(head, TorchHead) and eval_rows is not None:
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
@@ -143,7 +146,7 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     features = fc.features.read() if fc.features.nbytes <= max_memory else fc.features
     size = batch_rows(fc.features, max_memory)
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
-        if _searching(search, model, fc, parts, max_memory):
+        if _searching(search, model, params, fc, parts, max_memory):
             t0 = time.perf_counter()
             found = probe(model, params, features, fc.labels, train, parts["val"], fc.classes, fc.paths)
             timings["search"] = time.perf_counter() - t0

@@ -60,6 +60,7 @@ class SearchResult:
     best: Trial
     predictions: Predictions  # the best setting's, on validation
     solution: joint.Solution | None = None  # the logistic settings solved, to start the last fit from
+    basis: joint.Basis | None = None        # and the training features' axes
 def grid(model: str, fixed: dict) -> tuple[list[dict], str | None]:
     """The settings to try for head ``model`` besides the ``fixed`` parameters the user gave,
     and the parameter to refine; no settings when the user fixed them all."""
@@ -109,7 +110,7 @@ def probe(model: str, fixed: dict, features: np.ndarray, labels: np.ndarray, tra
     trials = sorted((t for t, _ in tried.values()), key=lambda t: tuple(t.params.values()))
     proba = next(p for t, p in tried.values() if t is best)
     return SearchResult(trials, best, Predictions.of([paths[i] for i in val], yv, proba),
-                        rounds.solution if rounds is not None else None)
+                        *((rounds.solution, rounds.basis) if rounds is not None else ()))
 
 
 def _one(model: str, fixed: dict, setting: dict, X: np.ndarray, y: np.ndarray, Xv: np.ndarray,
@@ -132,7 +133,7 @@ class _Jointly:
     def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, n_classes: int):
         self.Xs, self.scaler = joint.standardised(X)
         self.Xv, self.y, self.n_classes = self.scaler.transform(Xv), y, n_classes
-        self.precondition = joint.preconditioner(self.Xs)
+        self.basis = joint.Basis(self.Xs)
         self.solution: joint.Solution | None = None
         self.sizes: list[int] = []
         self.seconds = 0.0
@@ -141,7 +142,7 @@ class _Jointly:
         t0 = time.perf_counter()
         Cs = [s["C"] for s in settings]
         solved = joint.fit_path(self.Xs, self.y, self.n_classes, Cs, warm=self.solution,
-                                precondition=self.precondition)
+                                basis=self.basis)
         self.solution = solved if self.solution is None else self.solution.joined(solved)
         seconds = time.perf_counter() - t0
         self.sizes.append(len(Cs))
