@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="try the head's settings (logistic and svm: C over a wide log range, then "
                         "finer; knn: k; linear: weight decay; mlp: width, dropout, weight decay) "
                         "on validation, keep the best and fit it again on train+val (default: "
-                        "where that costs seconds, caches of a few thousand images); -p fixes a "
-                        "setting")
+                        "logistic at any size in memory, its settings trained together; the "
+                        "others where that costs seconds, caches of a few thousand images); -p "
+                        "fixes a setting")
     p.add_argument("--seed", type=int, default=SEED, help="seeds that split")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="linear and mlp heads: also log each epoch and the confusion matrix for "

@@ -1,8 +1,9 @@
 """Stage two: fit a head on a feature cache, evaluate it on each split, and write a model bundle.
 
-Where a search costs seconds (a cache of up to ``AUTO_SEARCH_VALUES`` training values) the head's
-settings are searched on validation first (``search``), and the chosen one is fitted again on
-train and validation together. A cache whose features fit the memory budget is read whole; a
+The head's settings are searched on validation first (``search``) where that costs seconds: for
+the logistic head at any size held in memory, as its settings are trained together (``joint``),
+for the others on caches of up to ``AUTO_SEARCH_VALUES`` training values; the chosen one is
+fitted again on train and validation together. A cache whose features fit the memory budget is read whole; a
 larger one is streamed from disk a block of rows at a time, to the heads that can learn that way
 (the torch heads, by ``partial_fit``).
 """
@@ -127,10 +128,11 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     Validation uses the cache's ``val`` split, else a seeded stratified ``val_split`` of train;
     the ``test`` split, when present, is only evaluated. ``search``: try the head's settings
     (``search.GRIDS``, besides those ``params`` fix) on validation, keep the best, and fit it again
-    on train and validation together; None: where that costs seconds. Features larger than
-    ``max_memory`` bytes are streamed from disk: the linear and mlp heads learn from them a
-    shuffled batch of about an eighth of ``max_memory`` at a time, for ``STREAM_EPOCHS`` epochs
-    unless ``params`` say; the other heads need them all in memory and refuse. Evaluation goes
+    on train and validation together; None: where that costs seconds (logistic: at any size).
+    Features larger than ``max_memory`` bytes are streamed from disk: the linear and mlp heads
+    learn from them a shuffled batch of about an eighth of ``max_memory`` at a time, for
+    ``STREAM_EPOCHS`` epochs unless ``params`` say; the other heads need them all in memory and
+    refuse. Evaluation goes
     by the same batches. ``tensorboard``: a folder for a torch head's curves and confusion matrix.
     """
     start = time.perf_counter()
