@@ -22,17 +22,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .backbones.extractor import FeatureExtractor, load_backbone
 from .backbones.identity import RANDOM_INIT, FeatureIdentity
 from .errors import BundleError, WeightsUnavailableError
 from .heads.registry import class_proba
 from .heads.storage import load_head, save_head
 from .util.files import durable_write, folder_write, sha256_file
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .backbones.extractor import FeatureExtractor
 
 FORMAT_VERSION = 2  # 2: every file listed and checked, the head as safetensors; 1: head.joblib
 BUNDLE_FILE = "bundle.json"
@@ -206,6 +209,8 @@ def _check_head(head: BaseEstimator, identity: FeatureIdentity, classes: list[st
 
 def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> FeatureExtractor:
     """The backbone a bundle's head was fitted on, refusing one whose features would differ."""
+    from .backbones.extractor import load_backbone  # torch: paid by those who run a backbone
+
     ident = bundle.identity
     # A fine-tuned bundle holds its backbone, listed and checked like its other files; the others
     # need the weights their cache was extracted with: the backbone's own, or ``weights``.

@@ -79,10 +79,12 @@ def test_no_search_and_fixed_parameters(blobs, tmp_path):
     assert [t.params["n_neighbors"] for t in knn.search.trials] == GRIDS["knn"][0]["n_neighbors"]
 
 
-def test_a_large_cache_is_fitted_without_a_search_unless_asked(blobs, tmp_path, monkeypatch):
+def test_a_large_cache_is_fitted_without_a_search_unless_asked_but_by_logistic(blobs, tmp_path, monkeypatch):
     monkeypatch.setattr("featx.fitting.fit.AUTO_SEARCH_VALUES", 100)
-    assert featx.fit_head(blobs, out=tmp_path / "a").search is None
-    assert featx.fit_head(blobs, search=True, out=tmp_path / "b").search is not None
+    assert featx.fit_head(blobs, model="knn", out=tmp_path / "a").search is None
+    assert featx.fit_head(blobs, model="knn", search=True, out=tmp_path / "b").search is not None
+    # The logistic head's settings are trained together, for about one fit: it searches anyway.
+    assert featx.fit_head(blobs, out=tmp_path / "c").search is not None
 
 
 def test_few_images_of_many_classes_need_no_flag(tmp_path, caplog):

@@ -42,7 +42,7 @@ from ..evaluation import (
 from ..extraction.engine import autocast_for
 from ..extraction.local import LocalEngine
 from ..extraction.placement import place
-from ..heads.registry import make_head
+from ..fitting.joint import fitted
 from ..heads.torch_head import TorchHead, as_torch_head
 from ..reporting.plots import confusion_matrix_png
 from ..reporting.tensorboard import Board
@@ -138,10 +138,10 @@ def _head_fitted_on_train(bundle: Bundle) -> BaseEstimator:
                                     "from its setting fitted on train alone, from the cache: extract "
                                     "it again, or fit the head with `search=False`")
     train = parts["train"]
-    head = make_head(bundle.model, **bundle.info.get("params", {}))
+    params = bundle.info.get("params", {})
     log.info("%s was fitted on train+val: fine-tuning starts from its setting fitted on the %d "
              "train images alone", bundle.path, len(train))
-    return head.fit(fc.features[train], fc.labels[train])
+    return fitted(bundle.model, params, fc.features[train], fc.labels[train])
 
 
 @dataclass

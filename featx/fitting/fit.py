@@ -23,8 +23,7 @@ from ..cache.format import data_folder
 from ..cache.reader import DiskFeatures, FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import PREDICTIONS_FILE, split_digest, split_indices, write_predictions
-from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, make_head
-from ..heads.torch_head import TorchHead
+from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, TORCH_HEADS, make_head
 from ..reporting.plots import confusion_matrix_png, history_png, search_png
 from ..reporting.tensorboard import Board
 from ..util.files import size_text
@@ -100,11 +99,11 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
         if model == "logistic" and joint.solvable(params):
             joint.fit_head(head, features[train], fc.labels[train], *((found.solution, found.basis)
                                                                        if found else ()))
-        elif isinstance(head, TorchHead) and eval_rows is not None:
+        elif model in TORCH_HEADS and eval_rows is not None:
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
             head.fit(features[train], fc.labels[train])
-    elif isinstance(head, TorchHead):
+    elif model in TORCH_HEADS:
         if "epochs" not in params:
             head.set_params(epochs=STREAM_EPOCHS)
         size = batch_rows(features, max_memory)
@@ -185,7 +184,8 @@ def _board(fc: FeatureCache, model: str, params: dict, tensorboard: str | os.Pat
            ) -> Board | None:
     """Where a torch head's curves are logged, if asked; a misspelt parameter, logs that cannot
     be written, or a cache without features fail here, before any work."""
-    if not isinstance(make_head(model, **params), TorchHead) and tensorboard is not None:
+    make_head(model, **params)  # a misspelt parameter fails here
+    if model not in TORCH_HEADS and tensorboard is not None:
         raise ConfigError(f"`tensorboard` logs the epochs of the linear and mlp heads (and of "
                           f"fine-tuning); a {model} head has none: leave it out")
     if not len(fc.labels):

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation import Predictions, Tally
-from ..heads.registry import class_proba, make_head
-from ..heads.torch_head import TorchHead
+from ..heads.registry import TORCH_HEADS, class_proba, make_head
 from . import joint
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def _one(model: str, fixed: dict, setting: dict, X: np.ndarray, y: np.ndarray, X
     """One setting fitted on its own: its validation probabilities, seconds and curves."""
     t0 = time.perf_counter()
     head = make_head(model, **fixed, **setting)
-    if isinstance(head, TorchHead):
+    if model in TORCH_HEADS:
         head.fit(X, y, eval_set=(Xv, yv))
     else:
         head.fit(X, y)
@@ -127,8 +126,10 @@ def _one(model: str, fixed: dict, setting: dict, X: np.ndarray, y: np.ndarray, X
 
 class _Jointly:
     """The logistic head's rounds of the search, each round's settings of ``C`` trained together
-    on the training features standardised once, each warm-started from the solved setting
-    nearest it; ``solution`` keeps every setting solved, for the fit on train+val to start from."""
+    on the training features standardised once, each from zero, so that a setting's figures are
+    those it has fitted alone (a warm start measured no fewer steps here: the last digits of a
+    solution are most of them); ``solution`` keeps every setting solved, for the fit on train+val
+    to start from."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, n_classes: int):
         self.Xs, self.scaler = joint.standardised(X)
@@ -141,8 +142,7 @@ class _Jointly:
     def fit(self, settings: list[dict]) -> list[tuple[dict, np.ndarray, float, None]]:
         t0 = time.perf_counter()
         Cs = [s["C"] for s in settings]
-        solved = joint.fit_path(self.Xs, self.y, self.n_classes, Cs, warm=self.solution,
-                                basis=self.basis)
+        solved = joint.fit_path(self.Xs, self.y, self.n_classes, Cs, basis=self.basis)
         self.solution = solved if self.solution is None else self.solution.joined(solved)
         seconds = time.perf_counter() - t0
         self.sizes.append(len(Cs))

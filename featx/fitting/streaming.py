@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
@@ -11,7 +12,9 @@ from sklearn.preprocessing import StandardScaler
 from ..bundle import Bundle
 from ..cache.reader import DiskFeatures
 from ..evaluation import HELD_OUT, Predictions, Tally
-from ..heads.torch_head import TorchHead
+
+if TYPE_CHECKING:
+    from ..heads.torch_head import TorchHead
 
 # Fewer blocks in a streamed batch would leave its minibatches a few classes, whatever the budget.
 MIN_BATCH_BLOCKS = 16

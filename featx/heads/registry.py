@@ -60,6 +60,8 @@ HEADS: dict[str, Callable[..., BaseEstimator]] = {
     "svm": _svm, "knn": _knn,
 }
 DEFAULT_HEAD = "logistic"
+# The heads that are ``TorchHead``s: named here, so that the others never import torch.
+TORCH_HEADS = ("linear", "mlp")
 # Training images each class needs, where a head needs more than one: the svm calibrates its
 # probabilities on 3 folds of each class.
 MIN_CLASS_IMAGES = {"svm": 3}

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from ..errors import ConfigError
 from ..util.state_file import load_state, save_state
-from .registry import HEADS, make_head
-from .torch_head import TorchHead, head_module
+from .registry import HEADS, TORCH_HEADS, make_head
 
 HEAD_FILE = "head.safetensors"
 # The fitted attributes of each scikit-learn part featx's heads are made of.
@@ -44,14 +42,14 @@ def _set(obj, values: dict, names) -> None:
 
 def _classifier_params(model: str, head: BaseEstimator) -> dict:
     """The parameters ``make_head(model, **params)`` takes to make this head again."""
-    if isinstance(head, TorchHead):
+    if model in TORCH_HEADS:
         return head.get_params()
     clf = head[-1]
     return (clf.estimator if model == "svm" else clf).get_params()
 
 
 def _fitted(model: str, head: BaseEstimator) -> dict:
-    if isinstance(head, TorchHead):
+    if model in TORCH_HEADS:
         return dict(module=head.module_.state_dict(), classes=head.classes_)
     first, clf = head[0], head[-1]
     if model == "logistic":
@@ -68,15 +66,18 @@ def _fitted(model: str, head: BaseEstimator) -> dict:
 
 def _rebuild(model: str, params: dict, fitted: dict) -> BaseEstimator:
     head = make_head(model, **params)
-    if isinstance(head, TorchHead):
-        head.classes_ = fitted["classes"].numpy()
-        weights = fitted["module"]
+    if model in TORCH_HEADS:  # the only heads whose arrays are torch's
+        import torch
+
+        from .torch_head import head_module
+
+        head.classes_ = fitted["classes"]
+        weights = {k: torch.from_numpy(v) for k, v in fitted["module"].items()}
         head.n_features_in_ = int(weights["0.mean"].shape[0])
         head.module_ = head_module(head.n_features_in_, len(head.classes_), head.hidden, head.dropout)
         head.module_.load_state_dict(weights)
         head.module_.eval()
         return head
-    fitted = _as_numpy(fitted)
     first, clf = head[0], head[-1]
     if model == "knn":
         first.fit(fitted["features"][:1])  # a Normalizer learns nothing but the width
@@ -104,16 +105,6 @@ def _rebuild(model: str, params: dict, fitted: dict) -> BaseEstimator:
     return head
 
 
-def _as_numpy(value):
-    if isinstance(value, torch.Tensor):
-        return value.numpy()
-    if isinstance(value, dict):
-        return {k: _as_numpy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_as_numpy(v) for v in value]
-    return value
-
-
 def save_head(head: BaseEstimator, model: str, folder: Path) -> str:
     """Write the fitted ``model`` head (a name in ``registry.HEADS``) into ``folder``; returns
     the file's name."""
@@ -131,7 +122,7 @@ def save_head(head: BaseEstimator, model: str, folder: Path) -> str:
 def load_head(path: Path, model: str) -> BaseEstimator:
     """The ``model`` head saved at ``path``. Raises ``ValueError`` (or ``KeyError``,
     ``TypeError``, ``RuntimeError`` for arrays that do not fit the head) if it is not one."""
-    state = load_state(path)
+    state = load_state(path, numpy=True)
     if state.get("model") != model:
         raise ValueError(f"it holds a {state.get('model')} head, not the {model} head bundle.json "
                          f"names")

@@ -10,32 +10,39 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import safetensors
-import safetensors.torch
-import torch
 
 from .files import durable_write
+
+if TYPE_CHECKING:
+    import torch
 
 _METADATA = "featx.state"
 
 
+def _is_torch(value) -> bool:
+    # Torch is imported by whoever made a tensor of it: a state of arrays alone never needs it.
+    return "torch" in sys.modules and isinstance(value, sys.modules["torch"].Tensor)
+
+
 def save_state(path: str | os.PathLike, state) -> None:
     """Write ``state`` to ``path`` crash-safe (``files.durable_write``)."""
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, np.ndarray | torch.Tensor] = {}
 
     def skeleton(value):
         if isinstance(value, np.generic):  # a numpy number is kept as the number it is
             value = value.item()
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, np.ndarray) or _is_torch(value):
             name = str(len(tensors))
             # A copy of its own: safetensors refuses tensors that share memory, or are strided
             # (a channels-last model's weights).
-            tensors[name] = value.detach().cpu().clone(memory_format=torch.contiguous_format)
+            tensors[name] = np.array(value, order="C") if isinstance(value, np.ndarray) else \
+                value.detach().cpu().clone(memory_format=sys.modules["torch"].contiguous_format)
             return {"tensor": name}
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value):
@@ -51,11 +58,22 @@ def save_state(path: str | os.PathLike, state) -> None:
     write_tensors(path, tensors, {_METADATA: json.dumps(skeleton(state))})
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray | torch.Tensor],
                   metadata: dict[str, str] | None = None) -> None:
     """A safetensors file written crash-safe (``files.durable_write``); a full disk raises
-    ``OSError``, where safetensors' own writer would raise its own error type."""
-    data = safetensors.torch.save(tensors, metadata)
+    ``OSError``, where safetensors' own writer would raise its own error type. Arrays alone are
+    written by safetensors' NumPy writer; with any torch tensor, all go through torch's (the
+    same file format either way)."""
+    if any(_is_torch(t) for t in tensors.values()):
+        import safetensors.torch
+        import torch
+
+        data = safetensors.torch.save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                                       for k, v in tensors.items()}, metadata)
+    else:
+        import safetensors.numpy
+
+        data = safetensors.numpy.save(tensors, metadata)
     path = Path(path)
     with durable_write(path, path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp:
         tmp.write_bytes(data)
