@@ -54,7 +54,7 @@ def many_classes(path: Path, classes: int = 120, dim: int = 1280, seed: int = 0)
     labels = np.concatenate([np.full(k + 2, c) for c, k in enumerate(per_class)])
     splits = np.concatenate([["train"] * k + ["val"] * 2 for k in per_class])
     centres = rng.normal(0, 1, (classes, dim))
-    features = (centres[labels] + rng.normal(0, 1.2, (len(labels), dim))).astype(np.float32)
+    features = (centres[labels] + rng.normal(0, 2.5, (len(labels), dim))).astype(np.float32)
     return featx.write_cache(path, features, labels, [f"class{c:03d}" for c in range(classes)],
                              splits=list(splits))
 

@@ -64,8 +64,9 @@ def fitted(r: FitResult) -> str:
     lines += [metrics_line(split, m) for split, m in r.metrics.items()]
     if r.search:
         chosen = ", ".join(f"{k}={v:g}" for k, v in r.search.best.params.items())
-        lines.append(f"chosen on val: {chosen}; then fitted on train+val (val figures are the "
-                     f"chosen setting's, fitted on train alone)")
+        lines.append(f"chosen on val: {chosen}; " + (
+            "then fitted on train+val (val figures are the chosen setting's, fitted on train alone)"
+            if "train+val" in r.metrics else "kept as the search trained it, on train alone"))
     return "\n".join([*lines, f"fitted in {r.seconds:.1f} s -> {r.bundle}"])
 
 

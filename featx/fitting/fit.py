@@ -30,6 +30,7 @@ from ..util.files import size_text
 from . import joint
 from .options import AUTO_SEARCH_VALUES, MAX_MEMORY, SEED, STREAM_EPOCHS, VAL_SPLIT
 from .search import COST, SearchResult, probe
+from .streamed_search import fit_streamed_logistic, search_streamed
 from .streaming import batch_rows, evaluate, fit_streamed
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,14 @@ def _searching(wanted: bool | None, model: str, params: dict, fc: FeatureCache,
                               f"and none are held out (`val_split` 0, or a single image of each "
                               f"class): leave out `search`, or hold some out")
         return False
-    if fc.features.nbytes > max_memory:
+    # The logistic head's settings are trained together, for about the cost of one fit: at any size,
+    # streamed from disk where the features are larger than memory.
+    together = model == "logistic" and joint.solvable(params)
+    if fc.features.nbytes > max_memory and not together:
         if wanted:
             raise ConfigError(f"{fc.path}: `search` needs the features in memory, and they take "
                               f"{size_text(fc.features.nbytes)}, more than `max_memory`: raise it")
         return False
-    # The logistic head's settings are trained together, for about the cost of one fit: at any size.
-    together = model == "logistic" and joint.solvable(params)
     values = len(parts["train"]) * fc.features.shape[1] * COST.get(model, 1)
     if wanted is None and values > AUTO_SEARCH_VALUES and not together:
         log.info("%s: %d training images: fitting the head's defaults without a search (`search` "
@@ -103,6 +105,12 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
             head.fit(features[train], fc.labels[train])
+    elif model == "logistic" and joint.solvable(params):
+        size = batch_rows(features, max_memory)
+        log.info("%s: features of %s, more than the %s memory budget: streaming them in batches "
+                 "of %d rows", fc.path, size_text(features.nbytes), size_text(max_memory), size)
+        fit_streamed_logistic(head, features, fc.labels, train, len(fc.classes), size, STREAM_EPOCHS,
+                              SEED)
     elif model in TORCH_HEADS:
         if "epochs" not in params:
             head.set_params(epochs=STREAM_EPOCHS)
@@ -114,8 +122,8 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
         raise ConfigError(
             f"{fc.path}: its features take {size_text(features.nbytes)} ({len(features):,} x "
             f"{features.shape[1]:,} {features.dtype}), more than the {size_text(max_memory)} memory "
-            f"budget, and the {model} head needs them all in memory: use `model` linear or mlp, "
-            f"which stream them from disk, or raise `max_memory`")
+            f"budget, and the {model} head needs them all in memory: use `model` logistic, linear "
+            f"or mlp, which stream them from disk, or raise `max_memory`")
 
 
 def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict | None = None,
@@ -148,18 +156,17 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     size = batch_rows(fc.features, max_memory)
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
         if _searching(search, model, params, fc, parts, max_memory):
-            t0 = time.perf_counter()
-            found = probe(model, params, features, fc.labels, train, parts["val"], fc.classes, fc.paths)
-            timings["search"] = time.perf_counter() - t0
+            found = _search(model, params, fc, features, train, parts["val"], size, seed, timings)
         chosen = {**params, **(found.best.params if found else {})}
-        head = make_head(model, **chosen)
-        fitted = _fitted_rows(parts, found is not None)
+        head = found.fitted if found and found.fitted else make_head(model, **chosen)
+        fitted = _fitted_rows(parts, found is not None and found.fitted is None)
         bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
                         info=_provenance(fc, parts, chosen, val_split, seed, found, timings))
-        t0 = time.perf_counter()
-        _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params, max_memory,
-             None if found else parts.get("val"), found)
-        timings["fit"] = time.perf_counter() - t0
+        if not (found and found.fitted):
+            t0 = time.perf_counter()
+            _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params,
+                 max_memory, None if found else parts.get("val"), found)
+            timings["fit"] = time.perf_counter() - t0
         bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
     except FeatxError:
         raise
@@ -167,7 +174,7 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
         given = " ".join(f"-p {k}={v}" for k, v in params.items()) or "its default parameters"
         raise ConfigError(f"the {model} head cannot be fitted with {given} ({first_line(e)}): "
                           f"change them") from e
-    if found:  # validation as the chosen setting measured it, fitted on train alone
+    if "train+val" in fitted:  # validation as the chosen setting measured it, fitted on train alone
         bundle.metrics = {"train+val": bundle.metrics["train+val"], "val": found.best.metrics,
                           **{k: v for k, v in bundle.metrics.items() if k == "test"}}
         predictions = {"val": found.predictions, **predictions}
@@ -178,6 +185,22 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     if board is not None:
         board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
+
+
+def _search(model: str, params: dict, fc: FeatureCache, features: np.ndarray | DiskFeatures,
+            train: np.ndarray, val: np.ndarray, size: int, seed: int, timings: dict) -> SearchResult | None:
+    """The search of the head's settings: in memory, or the logistic head's on features streamed
+    from disk (``streamed_search``)."""
+    t0 = time.perf_counter()
+    if isinstance(features, np.ndarray):
+        found = probe(model, params, features, fc.labels, train, val, fc.classes, fc.paths)
+    else:
+        log.info("%s: features of %s, more than the memory budget: the search streams them in "
+                 "batches of %d rows", fc.path, size_text(features.nbytes), size)
+        found = search_streamed(features, fc.labels, train, val, fc.classes, fc.paths, size,
+                                STREAM_EPOCHS, seed, params)
+    timings["search"] = time.perf_counter() - t0
+    return found
 
 
 def _board(fc: FeatureCache, model: str, params: dict, tensorboard: str | os.PathLike | None
@@ -212,7 +235,7 @@ def _provenance(fc: FeatureCache, parts: dict[str, np.ndarray], chosen: dict, va
         cache=str(Path(fc.path).resolve()), params=chosen,
         val_split=val_split if "val" not in fc.splits else None, seed=seed,
         split_sha256=split_digest(fc.paths, parts),
-        fitted_on="train+val" if found else "train", timings=timings,
+        fitted_on="train+val" if found and found.fitted is None else "train", timings=timings,
         **({"search": dict(trials=[t.to_dict() for t in found.trials], chosen=found.best.params)}
            if found else {}),
         **({"data": str(data)} if data else {}))

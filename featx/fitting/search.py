@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..evaluation import Predictions, Tally
 from ..heads.registry import TORCH_HEADS, class_proba, make_head
@@ -60,6 +61,9 @@ class SearchResult:
     predictions: Predictions  # the best setting's, on validation
     solution: joint.Solution | None = None  # the logistic settings solved, to start the last fit from
     basis: joint.Basis | None = None        # and the training features' axes
+    # The chosen setting's head as the search trained it, kept as it is: a streamed search's,
+    # on train alone (fitting it again on train+val would be another full run).
+    fitted: BaseEstimator | None = None
 def grid(model: str, fixed: dict) -> tuple[list[dict], str | None]:
     """The settings to try for head ``model`` besides the ``fixed`` parameters the user gave,
     and the parameter to refine; no settings when the user fixed them all."""
