@@ -13,7 +13,10 @@ fit-head's seconds over the script's. The caches:
 - many: 120 classes of 2-6 training images each (526 x 1,280, as the dog breeds the issue names),
   Gaussian blobs round per-class centres, 2 validation images a class;
 - noisy: flowers128 x 10 (34,530 train rows), each copy with noise of a quarter of each feature's
-  spread, the split kept per image.
+  spread, the split kept per image;
+- streamed: 200,000 x 2,048 Gaussian blobs of 10 classes (1.5 GiB, above fit-head's 1 GiB memory
+  budget; ``heads_at_scale.py``'s), where the logistic head's search streams from disk: against
+  today's default streamed fit, `featx fit-head CACHE --model linear` (one setting, 10 passes).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import numpy as np
 
 import featx
 from featx.evaluation import split_indices
+
+sys.path.insert(0, str(Path(__file__).parent))
+from heads_at_scale import write_blobs
 
 SCRIPT = """
 import sys
@@ -91,22 +97,36 @@ def compare(name: str, cache: Path, out: Path) -> None:
           f"(val {float(said.split()[-1]):.4f})  |  ratio {featx_s / script_s:.2f}")
 
 
+def streamed(name: str, cache: Path, out: Path) -> None:
+    featx_s, printed = timed([sys.executable, "-m", "featx", "fit-head", str(cache), "--out", str(out)])
+    linear_s, said = timed([sys.executable, "-m", "featx", "fit-head", str(cache), "--model", "linear",
+                            "--out", str(out.with_suffix(".linear"))])
+    val = re.search(r"^val\s+n=\d+\s+accuracy=([\d.]+)", printed, re.M).group(1)
+    linear_val = re.search(r"^val\s+n=\d+\s+accuracy=([\d.]+)", said, re.M).group(1)
+    together = re.search(r"search logistic: (\d+) settings of C trained together on streamed features "
+                         r"in ([\d.]+) s", printed)
+    print(f"{name:8s} fit-head {featx_s:6.1f} s (val {val}; {together.group(1)} settings together, "
+          f"streamed, in {together.group(2)} s)  |  today's default streamed fit, --model linear: "
+          f"{linear_s:6.1f} s (val {linear_val})  |  ratio {featx_s / linear_s:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--flowers", type=Path, default=None,
                    help="flowers128's Lite0 cache (default: the one under cache/)")
-    p.add_argument("--sets", default="flowers,many,noisy")
+    p.add_argument("--sets", default="flowers,many,noisy,streamed")
     args = p.parse_args(argv)
     flowers = args.flowers or next(Path("cache").glob("flowers128-efficientnet_lite0-avg-*.h5"), None)
     with tempfile.TemporaryDirectory(prefix="featx-heads-search-") as tmp:
         tmp = Path(tmp)
         caches = {"flowers": lambda: flowers, "many": lambda: many_classes(tmp / "many.h5"),
-                  "noisy": lambda: noisy_copies(flowers, tmp / "noisy.h5")}
+                  "noisy": lambda: noisy_copies(flowers, tmp / "noisy.h5"),
+                  "streamed": lambda: write_blobs(tmp / "blobs.h5", 200_000, 2048)}
         for name in args.sets.split(","):
             cache = caches[name]()
             if cache is None:
                 raise SystemExit("no flowers128 cache: run `featx extract ../shared/data/flowers128`")
-            compare(name, cache, tmp / f"{name}.logistic")
+            (streamed if name == "streamed" else compare)(name, cache, tmp / f"{name}.logistic")
 
 
 if __name__ == "__main__":

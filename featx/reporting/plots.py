@@ -14,7 +14,9 @@ def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, tit
     from matplotlib.figure import Figure
 
     n = len(classes)
-    size = min(max(4.0, 2 + 0.6 * n), 20)
+    # Up to 30 classes each cell carries its count and each axis its names; past that the matrix is
+    # a picture of its pattern alone, which 10 inches show (and a 20-inch PNG took a second to draw).
+    size = min(max(4.0, 2 + 0.6 * n), 20) if n <= 30 else 10.0
     fig = Figure(figsize=(size + 1, size))
     ax = fig.subplots()
     rows = matrix.sum(1, keepdims=True)
