@@ -138,7 +138,8 @@ class _Jointly:
     def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, n_classes: int):
         self.Xs, self.scaler = joint.standardised(X)
         self.Xv, self.y, self.n_classes = self.scaler.transform(Xv), y, n_classes
-        self.basis = joint.Basis(self.Xs)
+        logits = n_classes if n_classes > 2 else 1
+        self.basis = joint.Basis(self.Xs, columns=len(GRIDS["logistic"][0]["C"]) * logits)
         self.solution: joint.Solution | None = None
         self.sizes: list[int] = []
         self.seconds = 0.0
