@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -146,3 +147,16 @@ def test_both_reports_open_in_a_real_browser(fitted, finetuned, browser, tmp_pat
         assert errors == []
         page.screenshot(path=tmp_path / f"{bundle.name}.png", full_page=True)
         page.close()
+
+
+def test_text_from_a_bundle_is_escaped_in_the_page(fitted, tmp_path):
+    """A split named like markup in someone's bundle.json stays text: opening the report runs
+    nothing of theirs."""
+    _, _, bundle = fitted
+    crafted = shutil.copytree(bundle, tmp_path / "crafted.logistic")
+    doc = json.loads((crafted / "bundle.json").read_text())
+    evil = "<img src=x onerror=alert(1)>"
+    doc["metrics"] = {evil: doc["metrics"]["val"]}
+    (crafted / "bundle.json").write_text(json.dumps(doc))
+    page = featx.report(crafted, out=tmp_path / "r.html").path.read_text()
+    assert evil not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -298,7 +298,7 @@ def _result_sections(page: _Page, b: Bundle) -> None:
     page.add("metrics", _metrics_table(b.metrics))
     shown = "val" if "val" in b.metrics else next(iter(b.metrics), None)
     if shown and "per_class" in b.metrics[shown]:
-        page.add("metrics", f"<h3>per class, {shown}</h3>", _per_class_table(b.metrics[shown]))
+        page.add("metrics", f"<h3>per class, {html.escape(shown)}</h3>", _per_class_table(b.metrics[shown]))
     for section, names in (("confusion", sorted(b.path.glob("confusion_*.png"))),
                            ("curves", [b.path / "history.png"]), ("search", [b.path / "search.png"])):
         for png in names:
