@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from .data.folders import SPLITS
 from .errors import ConfigError
+from .util.files import cell, uncell
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def write_predictions(path: Path, found: dict[str, Predictions], classes: list[s
         w.writerow(["split", "path", "label", "predicted", "confidence"])
         for split, p in found.items():
             for name, y, k, conf in zip(p.paths, p.labels, p.predicted, p.confidence, strict=True):
-                w.writerow([split, name, classes[y], classes[k], f"{conf:.6f}"])
+                w.writerow([split, *map(cell, (name, classes[y], classes[k])), f"{conf:.6f}"])
     return path
 
 
@@ -243,7 +244,8 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, Predictions]:
     rows: dict[str, list[list[str]]] = {}
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for row in csv.DictReader(f):
+            path, label, predicted = map(uncell, (row["path"], row["label"], row["predicted"]))
             rows.setdefault(row["split"], []).append(
-                [row["path"], number[row["label"]], number[row["predicted"]], float(row["confidence"])])
+                [path, number[label], number[predicted], float(row["confidence"])])
     return {split: Predictions([r[0] for r in got], *(np.array([r[i] for r in got]) for i in (1, 2, 3)))
             for split, got in rows.items()}

@@ -160,3 +160,15 @@ def test_text_from_a_bundle_is_escaped_in_the_page(fitted, tmp_path):
     (crafted / "bundle.json").write_text(json.dumps(doc))
     page = featx.report(crafted, out=tmp_path / "r.html").path.read_text()
     assert evil not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_class_names_that_read_as_formulas_stay_text_in_the_bundle_predictions(tmp_path):
+    root = write_folder(tmp_path / "sheet", {"train": 3, "val": 2},
+                        classes={"=1+2": (220, 30, 30), "@SUM(1+1)": (30, 30, 220)})
+    cache = featx.extract(root, out=tmp_path / "sheet.h5", **FAST).path
+    bundle = featx.fit_head(cache, search=False, out=tmp_path / "sheet.logistic").bundle
+    cells = (bundle / "predictions.csv").read_text().split()
+    assert not any(c.split(",")[i].startswith(("=", "@")) for c in cells[1:] for i in (1, 2, 3))
+    assert "'=1+2" in (bundle / "predictions.csv").read_text()
+    page = featx.report(bundle, out=tmp_path / "r.html").path.read_text()
+    assert "=1+2" in page and "'=1+2" not in page  # read back as the names they are

@@ -28,7 +28,7 @@ from ..data.folders import SPLITS, Dataset, scan
 from ..data.images import load_rgb
 from ..errors import CacheError, ConfigError, DataError, first_line
 from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
-from ..util.files import durable_write, metrics_path
+from ..util.files import durable_write, metrics_path, uncell
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
@@ -237,8 +237,8 @@ def _scores(page: _Page, scores: Path, rows: list[dict], m: dict | None) -> None
     counts: dict[str, int] = {}
     for r in rows:
         if r.get("predicted"):
-            counts[r["predicted"]] = counts.get(r["predicted"], 0) + 1
-    failed = [[r["path"], r["error"]] for r in rows if r.get("error")]
+            counts[uncell(r["predicted"])] = counts.get(uncell(r["predicted"]), 0) + 1
+    failed = [[uncell(r["path"]), uncell(r["error"])] for r in rows if r.get("error")]
     page.add("scores", _note(f"{scores}: {len(rows)} images, {len(failed)} skipped."),
              _table(["predicted class", "images"], [[c, n] for c, n in sorted(counts.items())]))
     if m:

@@ -128,7 +128,13 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def cell(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA) else text
+    # A text that begins with a quote gets one more, so that ``uncell`` gives back exactly it.
+    return "'" + text if text.startswith((*_FORMULA, "'")) else text
+
+
+def uncell(text: str) -> str:
+    """A CSV cell ``cell`` wrote, as the text it was."""
+    return text[1:] if text.startswith("'") else text
 
 
 def metrics_path(csv_path: Path) -> Path:
