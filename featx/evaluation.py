@@ -123,10 +123,11 @@ def split_indices(splits: np.ndarray, labels: np.ndarray, val_split: float, seed
     never seen), and where there are more classes than the hold-out has images (few images of
     many classes) each class with two or more gives one image at least: both are said in a line.
     """
+    # Checked whatever the data: a negative or NaN fraction is a mistake, never "no validation".
+    if not 0 <= val_split < 1:
+        raise ConfigError(f"`val_split` must be 0 or more and below 1, not {val_split}")
     parts = {name: np.flatnonzero(splits == name) for name in SPLITS}
     if len(parts["val"]) == 0 and val_split > 0:
-        if not 0 < val_split < 1:
-            raise ConfigError(f"`val_split` must be between 0 and 1, not {val_split}")
         train = parts["train"]
         counts = np.bincount(labels[train])
         single = counts[labels[train]] < 2

@@ -74,7 +74,17 @@ def test_classes_of_one_image_each_leave_nothing_to_validate_on(tmp_path):
     assert r.search is None
 
 
-def test_bad_val_split(split_cache, pool_folder):
-    cache = featx.extract(pool_folder, **FAST).path
-    with pytest.raises(featx.ConfigError, match="`val_split` must be between 0 and 1, not 1.5"):
-        featx.fit_head(cache, val_split=1.5)
+@pytest.mark.parametrize("val_split", [1.5, -0.3, float("nan")])
+def test_bad_val_split(split_cache, pool_folder, val_split):
+    # Refused whatever the data, the cache with its own val split too: never "no validation".
+    for cache in (featx.extract(pool_folder, **FAST).path, split_cache):
+        with pytest.raises(featx.ConfigError, match=rf"^`val_split` must be 0 or more and below 1, "
+                                                    rf"not {val_split}$"):
+            featx.fit_head(cache, val_split=val_split)
+
+
+@pytest.mark.parametrize("call", [lambda: featx.extract(""), lambda: featx.check(""),
+                                  lambda: featx.classify("")])
+def test_an_empty_folder_name_is_refused_not_taken_as_here(call):
+    with pytest.raises(featx.DataError, match="^an empty name is no folder: give the image folder's path"):
+        call()

@@ -113,9 +113,17 @@ def _linked_class(path: Path, class_dirs: dict[Path, str], cls: str) -> str | No
     return next((c for d, c in class_dirs.items() if c != cls and real.is_relative_to(d)), None)
 
 
+def _named(folder: str | os.PathLike) -> Path:
+    """``folder`` as a path; an empty name is refused, where ``Path("")`` would be the current
+    folder and a run would quietly take in whatever is there."""
+    if not os.fspath(folder):
+        raise DataError("an empty name is no folder: give the image folder's path ('.' for this one)")
+    return Path(folder)
+
+
 def scan(root: str | os.PathLike) -> Dataset:
     """Read a labelled image folder's layout without opening any image."""
-    root = Path(root)
+    root = _named(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give the folder that holds one subfolder per class")
     subdirs = _subdirs(root)
@@ -158,7 +166,7 @@ def scan(root: str | os.PathLike) -> Dataset:
 def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) -> Dataset:
     """Every image below ``folder``; labelled where its first subfolder is one of ``classes``
     (or its second, below a split folder such as ``val/``, so a whole dataset can be scored)."""
-    folder = Path(folder)
+    folder = _named(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder: give a folder of images to score")
     index = {c: i for i, c in enumerate(classes)}
