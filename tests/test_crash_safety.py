@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -124,3 +125,49 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(whole):
     with locked(Path("busy.h5")), refused:
         featx.extract(data, out="busy.h5", **FAST)
     assert not Path("busy.h5").exists() and not Path("busy.h5.lock").exists()
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """State, parent and the rest of /proc/PID/stat after the name; None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*")
+            if (stat := _stat(p.name)) is not None and int(stat[1]) == pid]
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie has ended, waiting to be reaped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+@pytest.mark.parametrize("command", ["extract", "check"])
+def test_no_worker_outlives_a_killed_run(tmp_path, command):
+    """Killed while its workers are busy: the workers end with it (a check's pool of processes,
+    waiting on its queue, would otherwise wait for ever)."""
+    data = write_folder(tmp_path / "many", {"": 60})
+    cmd = [sys.executable, "-m", "featx", command, str(data), "--workers", "2", "--no-progress"]
+    if command == "extract":
+        cmd += ["--out", str(tmp_path / "k.h5"), "--weights", "none", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        give_up = time.monotonic() + 120
+        while not (workers := _children(proc.pid)) and time.monotonic() < give_up:
+            assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)  # as a crash would find it: mid-run
+        workers = _children(proc.pid)
+        assert workers, "the run had no worker to lose"
+    finally:
+        proc.kill()
+        proc.wait()
+    give_up = time.monotonic() + 5  # "a few seconds", as the issue allows
+    while any(map(_running, workers)) and time.monotonic() < give_up:
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    assert not alive, f"workers {alive} outlived their killed parent"

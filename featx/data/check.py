@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime import default_workers
+from ..util.processes import die_with_parent
 from ..util.progress import progress_bar
 from .folders import Sample, scan
 from .images import error_line, read_image
@@ -47,7 +48,8 @@ def check(data: str | os.PathLike, workers: int | None = None, progress: bool = 
     dataset = scan(data)
     paths = [dataset.root / s.path for s in dataset.samples]
     workers = default_workers() if workers is None else workers
-    with concurrent.futures.ProcessPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, initializer=die_with_parent) if workers \
+            else contextlib.nullcontext() as pool:
         digests = pool.map(_digest, paths, chunksize=16) if pool else map(_digest, paths)
         results = list(progress_bar(len(paths), "check", enabled=progress, iterable=digests))
     groups: dict[str, list[Sample]] = {}

@@ -13,11 +13,15 @@ import torch
 from ..backbones.extractor import FeatureExtractor
 from ..cache.lock import forget_inherited
 from ..data.folders import Dataset
+from ..util.processes import die_with_parent
 from .engine import BatchOutput, Placement, counted, embed, lowest_priority, reader
 from .execution.prepare import prepare
 
 
-def _start_worker(_worker_id: int) -> None:
+def start_worker(_worker_id: int = 0) -> None:
+    """A decoding worker's start: it ends with its parent, holds none of its locks, and runs in
+    the gaps the model's threads leave."""
+    die_with_parent()
     forget_inherited()
     lowest_priority()
 
@@ -30,7 +34,7 @@ def loader(model: FeatureExtractor, dataset: Dataset, placement: Placement, on_d
     files, collate_fn = reader(model, dataset.root, [s.path for s in dataset.samples], on_device)
     return torch.utils.data.DataLoader(
         files, batch_size=batch_size, num_workers=workers, pin_memory=placement.device.type == "cuda",
-        collate_fn=collate_fn, prefetch_factor=4 if workers else None, worker_init_fn=_start_worker)
+        collate_fn=collate_fn, prefetch_factor=4 if workers else None, worker_init_fn=start_worker)
 
 
 @dataclass(frozen=True)

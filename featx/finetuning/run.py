@@ -40,7 +40,7 @@ from ..evaluation import (
     write_predictions,
 )
 from ..extraction.engine import autocast_for
-from ..extraction.local import LocalEngine
+from ..extraction.local import LocalEngine, start_worker
 from ..extraction.placement import place
 from ..fitting.joint import fitted
 from ..heads.torch_head import TorchHead, as_torch_head
@@ -233,7 +233,8 @@ def _epoch(run: _Run, epoch: int) -> tuple[HistoryRow, tuple[dict, Predictions]]
         loader = torch.utils.data.DataLoader(
             reader, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
             num_workers=run.engine.placement.workers_for(math.ceil(len(reader) / recipe.batch_size)),
-            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed),
+            worker_init_fn=start_worker)
         train_mode(run.model, run.top, recipe.train_bn)
         with progress_bar(len(reader), f"epoch {epoch}/{recipe.epochs}",
                           enabled=run.engine.placement.progress) as bar:
