@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 import featx
 from featx.cache import partial as partial_mod
@@ -150,16 +151,20 @@ def _running(pid: int) -> bool:
 def test_no_worker_outlives_a_killed_run(tmp_path, command):
     """Killed while its workers are busy: the workers end with it (a check's pool of processes,
     waiting on its queue, would otherwise wait for ever)."""
-    data = write_folder(tmp_path / "many", {"": 60})
+    data = tmp_path / "large"
+    for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(12):  # large enough that decoding them takes seconds: the run is caught mid-way
+            Image.new("RGB", (3000, 3000), colour).save(data / f"class{c}" / f"{i}.png", compress_level=1)
     cmd = [sys.executable, "-m", "featx", command, str(data), "--workers", "2", "--no-progress"]
     if command == "extract":
         cmd += ["--out", str(tmp_path / "k.h5"), "--weights", "none", "--batch-size", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         give_up = time.monotonic() + 120
-        while not (workers := _children(proc.pid)) and time.monotonic() < give_up:
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < give_up:
             assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGSTOP)  # as a crash would find it: mid-run
         workers = _children(proc.pid)
         assert workers, "the run had no worker to lose"

@@ -4,6 +4,7 @@ partial_fit, the others refused, and never the whole matrix in memory."""
 from __future__ import annotations
 
 import logging
+import os
 import tracemalloc
 
 import h5py
@@ -173,3 +174,18 @@ def test_writing_a_cache_from_arrays_refuses_what_does_not_fit(tmp_path, kwargs,
     with pytest.raises(featx.ConfigError, match=f"^{message}$"):
         featx.write_cache(tmp_path / "bad.h5", **given)
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_features_are_never_read_from_a_cache_replaced_after_its_labels(tmp_path):
+    """An extract finishing while fit-head runs renames a new cache over the old one: the rows
+    already read (labels, paths) must not meet the new file's features."""
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    path = featx.write_cache(tmp_path / "c.h5", X, [0, 1] * 3, ["cat", "dog"])
+    fc = featx.open_cache(path, in_memory=False)
+    assert fc.features.read().tolist() == X.tolist()  # the same file: read as ever
+    newer = featx.write_cache(tmp_path / "newer.h5", X[::-1].copy(), [1, 0] * 3, ["cat", "dog"])
+    os.replace(newer, path)
+    for read in (fc.features.read, lambda: list(fc.features.blocks())):
+        with pytest.raises(featx.CacheError, match=r"c\.h5 was replaced while featx read it .*: run "
+                                                   r"the same command again$"):
+            read()

@@ -93,22 +93,40 @@ def _reading(path: Path) -> Iterator[None]:
 BLOCK_BYTES = 1 << 20
 
 
+def _file_version(f: h5py.File) -> tuple[int, int, int, int]:
+    """Which file an open HDF5 file is, as the file system knows it: a cache replaced since (an
+    extract finishing, which renames a new file over it) is another."""
+    st = os.fstat(f.id.get_vfd_handle())
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class DiskFeatures:
     """A cache's ``/features`` left on disk and read a block of rows at a time, each block whole
-    HDF5 chunks, so that memory holds one block rather than all N rows."""
+    HDF5 chunks, so that memory holds one block rather than all N rows. ``version``: the file
+    the labels and paths were read from, so that features are never read from another."""
 
     path: Path
     shape: tuple[int, int]
     dtype: np.dtype
     block_rows: int
+    version: tuple[int, int, int, int] | None = None
 
     @classmethod
     def of(cls, path: Path, ds: h5py.Dataset) -> DiskFeatures:
         chunk = ds.chunks[0] if ds.chunks else 1
         row_bytes = max(1, ds.shape[1] * ds.dtype.itemsize)
         # Tiny chunks would make a read per few rows; round up to whole chunks of BLOCK_BYTES.
-        return cls(path, ds.shape, ds.dtype, chunk * max(1, -(-BLOCK_BYTES // (chunk * row_bytes))))
+        return cls(path, ds.shape, ds.dtype, chunk * max(1, -(-BLOCK_BYTES // (chunk * row_bytes))),
+                   _file_version(ds.file))
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[h5py.File]:
+        with _reading(self.path), h5py.File(self.path, "r") as f:
+            if self.version is not None and _file_version(f) != self.version:
+                raise CacheError(f"{self.path} was replaced while featx read it (an extract finished "
+                                 f"meanwhile): run the same command again")
+            yield f
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -123,7 +141,7 @@ class DiskFeatures:
 
     def read(self) -> np.ndarray:
         """All rows, in memory."""
-        with _reading(self.path), h5py.File(self.path, "r") as f:
+        with self._opened() as f:
             return f["features"][()]
 
     def blocks(self, rows: np.ndarray | None = None, order: Sequence[int] | None = None
@@ -134,7 +152,7 @@ class DiskFeatures:
         if rows is not None:
             wanted[:] = False
             wanted[rows] = True
-        with _reading(self.path), h5py.File(self.path, "r") as f:
+        with self._opened() as f:
             ds = f["features"]
             for b in range(self.n_blocks) if order is None else order:
                 start = b * self.block_rows
