@@ -146,7 +146,7 @@ def _batch_output(out: dict[str, np.ndarray], dim: int) -> BatchOutput:
 
 
 class Embedder:
-    """A Ray actor: the frozen base, run as ``runtime.execution`` says on this actor's device
+    """A Ray actor: the frozen base, run as ``placement.execution`` says on this actor's device
     (``threads`` of its own on a CPU), and reading threads that read and decode the next batch
     while the model runs this one.
 

@@ -105,19 +105,17 @@ def _fit(head, model: str, fc: FeatureCache, features: np.ndarray | DiskFeatures
             head.fit(features[train], fc.labels[train], eval_set=(features[eval_rows], fc.labels[eval_rows]))
         else:
             head.fit(features[train], fc.labels[train])
-    elif model == "logistic" and joint.solvable(params):
+    elif model in TORCH_HEADS or (model == "logistic" and joint.solvable(params)):
         size = batch_rows(features, max_memory)
         log.info("%s: features of %s, more than the %s memory budget: streaming them in batches "
                  "of %d rows", fc.path, size_text(features.nbytes), size_text(max_memory), size)
-        fit_streamed_logistic(head, features, fc.labels, train, len(fc.classes), size, STREAM_EPOCHS,
-                              SEED)
-    elif model in TORCH_HEADS:
-        if "epochs" not in params:
-            head.set_params(epochs=STREAM_EPOCHS)
-        size = batch_rows(features, max_memory)
-        log.info("%s: features of %s, more than the %s memory budget: streaming them in batches "
-                 "of %d rows", fc.path, size_text(features.nbytes), size_text(max_memory), size)
-        fit_streamed(head, features, fc.labels, train, size)
+        if model == "logistic":
+            fit_streamed_logistic(head, features, fc.labels, train, len(fc.classes), size,
+                                  STREAM_EPOCHS, SEED)
+        else:
+            if "epochs" not in params:
+                head.set_params(epochs=STREAM_EPOCHS)
+            fit_streamed(head, features, fc.labels, train, size)
     else:
         raise ConfigError(
             f"{fc.path}: its features take {size_text(features.nbytes)} ({len(features):,} x "

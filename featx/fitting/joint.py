@@ -318,10 +318,18 @@ def fit_head(head: BaseEstimator, X: np.ndarray, y: np.ndarray, warm: Solution |
     Xs, scaler = standardised(X)
     solved = fit_path(Xs, np.searchsorted(classes, y), len(classes), [clf.C], warm=warm,
                       tol=clf.tol, max_iter=clf.max_iter, basis=Basis(Xs, known))
+    return with_solution(head, scaler, solved.coef[0], solved.intercept[0], classes, solved.n_iter[0])
+
+
+def with_solution(head: BaseEstimator, scaler: BaseEstimator, coef: np.ndarray, intercept: np.ndarray,
+                  classes: np.ndarray, n_iter: int) -> BaseEstimator:
+    """The logistic head ``head`` as scikit-learn's own fit would leave it: its scaler fitted,
+    and the weights found (logits x features), in float64, as its fitted attributes."""
     head.steps[0] = (head.steps[0][0], scaler)
-    clf.coef_, clf.intercept_ = solved.coef[0].copy(), solved.intercept[0].copy()
-    clf.classes_, clf.n_features_in_ = classes, X.shape[1]
-    clf.n_iter_ = np.array([int(solved.n_iter[0])], np.int32)
+    clf = head[-1]
+    clf.coef_, clf.intercept_ = np.array(coef, np.float64), np.array(intercept, np.float64)
+    clf.classes_, clf.n_features_in_ = np.asarray(classes), coef.shape[1]
+    clf.n_iter_ = np.array([int(n_iter)], np.int32)
     return head
 
 

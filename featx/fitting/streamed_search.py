@@ -26,8 +26,10 @@ from sklearn.preprocessing import StandardScaler
 
 from ..cache.reader import DiskFeatures
 from ..evaluation import Predictions, Tally
+from ..heads.registry import make_head
+from .joint import with_solution
 from .search import SearchResult, Trial
-from .streaming import batches
+from .streaming import batches, standardisation
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,6 @@ def _targets(y: np.ndarray, n_classes: int) -> np.ndarray:
     return y[:, None].astype(np.float32) if n_classes == 2 else np.eye(n_classes, dtype=np.float32)[y]
 
 
-def _standardisation(features: DiskFeatures, rows: np.ndarray, size: int) -> StandardScaler:
-    """One pass for the head's scaler (scikit-learn's float64 running mean and variance)."""
-    scaler = StandardScaler()
-    for _, X in batches(features, rows, size):
-        scaler.partial_fit(X)
-    return scaler
-
-
 def _passes(stacked: _Stacked, features: DiskFeatures, labels: np.ndarray, train: np.ndarray,
             scaler: StandardScaler, size: int, epochs: int, seed: int) -> Iterator[None]:
     """Train ``stacked`` a pass at a time over the rows ``train``, in a new random order each."""
@@ -110,7 +104,7 @@ def search_streamed(features: DiskFeatures, labels: np.ndarray, train: np.ndarra
     passes: the search, with the chosen setting's head (``heads.registry``'s logistic pipeline,
     with ``params``) as ``fitted``."""
     t0 = time.perf_counter()
-    scaler = _standardisation(features, train, size)
+    scaler = standardisation(features, train, size)
     Cs = np.array(STREAMED_CS)
     stacked = _Stacked(Cs, len(train), 1 if len(classes) == 2 else len(classes), features.shape[1])
     kept: list[tuple[float, np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(Cs)
@@ -135,7 +129,8 @@ def search_streamed(features: DiskFeatures, labels: np.ndarray, train: np.ndarra
               for k, C in enumerate(Cs)]
     best = max(trials, key=lambda t: t.rank)
     k = trials.index(best)
-    head = _head(scaler, kept[k][1], kept[k][2], classes, best.params["C"], params, stacked.steps)
+    head = with_solution(make_head("logistic", **{**params, "C": best.params["C"]}), scaler, kept[k][1],
+                         kept[k][2], np.arange(len(classes)), stacked.steps)
     return SearchResult(trials, best, Predictions.of([paths[i] for i in val], yv, kept[k][3]), fitted=head)
 
 
@@ -143,19 +138,12 @@ def fit_streamed_logistic(head: BaseEstimator, features: DiskFeatures, labels: n
                           train: np.ndarray, n_classes: int, size: int, epochs: int, seed: int) -> None:
     """The logistic head (``heads.registry``) ``head`` fitted at its ``C`` on the rows ``train``
     streamed from disk, ``epochs`` passes, as the streamed search trains each of its settings."""
-    scaler = _standardisation(features, train, size)
+    scaler = standardisation(features, train, size)
     stacked = _Stacked(np.array([head[-1].C]), len(train), 1 if n_classes == 2 else n_classes,
                        features.shape[1])
     for _ in _passes(stacked, features, labels, train, scaler, size, epochs, seed):
         pass
-    fitted = _head(scaler, stacked.W, stacked.b, [None] * n_classes, head[-1].C, {}, stacked.steps)
-    head.steps[0], head.steps[-1] = fitted.steps[0], (head.steps[-1][0], _with(head[-1], fitted[-1]))
-
-
-def _with(clf: BaseEstimator, fitted: BaseEstimator) -> BaseEstimator:
-    for name in ("coef_", "intercept_", "classes_", "n_features_in_", "n_iter_"):
-        setattr(clf, name, getattr(fitted, name))
-    return clf
+    with_solution(head, scaler, stacked.W, stacked.b, np.arange(n_classes), stacked.steps)
 
 
 def _validation(stacked: _Stacked, features: DiskFeatures, val: np.ndarray, size: int,
@@ -168,16 +156,3 @@ def _validation(stacked: _Stacked, features: DiskFeatures, val: np.ndarray, size
     for idx, X in batches(features, np.sort(val), size):
         out[[at[i] for i in idx]] = stacked.proba((X - mean) / scale)
     return out
-
-
-def _head(scaler: StandardScaler, W: np.ndarray, b: np.ndarray, classes: list[str], C: float,
-          params: dict, steps: int) -> BaseEstimator:
-    from ..heads.registry import make_head
-
-    head = make_head("logistic", **{**params, "C": C})
-    head.steps[0] = (head.steps[0][0], scaler)
-    clf = head[-1]
-    clf.coef_, clf.intercept_ = W.astype(np.float64), b.astype(np.float64)
-    clf.classes_, clf.n_features_in_ = np.arange(len(classes)), W.shape[1]
-    clf.n_iter_ = np.array([steps], np.int32)
-    return head

@@ -55,14 +55,21 @@ def _joined(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
     return np.concatenate([i for i, _ in blocks]), np.concatenate([X for _, X in blocks])
 
 
+def standardisation(features: DiskFeatures, rows: np.ndarray, size: int) -> StandardScaler:
+    """One pass over the rows ``rows`` for a head's scaler: scikit-learn's float64 running mean
+    and variance."""
+    scaler = StandardScaler()
+    for _, X in batches(features, rows, size):
+        scaler.partial_fit(X)
+    return scaler
+
+
 def fit_streamed(head: TorchHead, features: DiskFeatures, labels: np.ndarray, rows: np.ndarray,
                  size: int) -> None:
     """One pass for the standardisation (scikit-learn's float64 running mean and variance), then
     ``head.epochs`` passes of ``partial_fit`` over batches of blocks in a new random order each;
     ``head.history_`` gets each pass's mean training loss, the training curve."""
-    scaler = StandardScaler()
-    for _, X in batches(features, rows, size):
-        scaler.partial_fit(X)
+    scaler = standardisation(features, rows, size)
     classes = np.unique(labels[rows])
     rng = np.random.default_rng(head.random_state)
     history = []
