@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
+from ..backbones.preprocessing import Preprocessing, bounded
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-    from ..backbones.preprocessing import Preprocessing
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color")
 
@@ -48,7 +47,8 @@ def train_transform(p: Preprocessing, augment: Collection[str] = AUGMENTATIONS
         steps.append(v2.RandomResizedCrop(p.crop_size, scale=(0.5, 1.0), interpolation=interpolation,
                                           antialias=True))
     else:
-        steps += [v2.Resize(p.resize_size, interpolation, antialias=True), v2.CenterCrop(p.crop_size)]
+        steps += [v2.Lambda(bounded), v2.Resize(p.resize_size, interpolation, antialias=True),
+                  v2.CenterCrop(p.crop_size)]
     if "flip" in augment:
         steps.append(v2.RandomHorizontalFlip())
     if "color" in augment:

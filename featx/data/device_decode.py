@@ -34,7 +34,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
-from ..backbones.preprocessing import Preprocessing
+from ..backbones.preprocessing import Preprocessing, bounded
 from .images import check_file, error_line, load_rgb, open_image, read_image
 from .readers import Batch, Item, ReadBatch, Reader, sort_items
 
@@ -137,7 +137,7 @@ def _resize(image: torch.Tensor, size: list[int], interpolation: InterpolationMo
 
 
 def _crop(image: torch.Tensor, orientation: int, p: Preprocessing) -> torch.Tensor:
-    image = _UPRIGHT.get(orientation, lambda t: t)(image)
+    image = bounded(_UPRIGHT.get(orientation, lambda t: t)(image))
     return TF.center_crop(_resize(image, [p.resize_size], InterpolationMode(p.interpolation)), [p.crop_size])
 
 
