@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .backbones.identity import RANDOM_INIT, FeatureIdentity
+from .backbones.identity import DTYPES, RANDOM_INIT, FeatureIdentity
+from .cache.lock import locked
 from .errors import BundleError, WeightsUnavailableError
 from .heads.registry import class_proba
 from .heads.storage import load_head, save_head
@@ -42,8 +43,8 @@ BUNDLE_FILE = "bundle.json"
 # Provenance entries of ``info`` that are paths: kept relative to the bundle folder in the file,
 # so that a bundle handed on names no one's home folder, and absolute in memory.
 _PATHS = ("cache", "finetuned_from", "data")
-_KNOWN = ("format_version", "featx_version", "created", "backbone", "classes", "head", "metrics",
-          "files")
+_KNOWN = ("format_version", "featx_version", "created", "backbone", "dtype", "classes", "head",
+          "metrics", "files")
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Bundle:
     classes: list[str]
     head: BaseEstimator
     model: str                  # the head's name in heads.registry.HEADS
+    # Their precision (``identity.DTYPES``), which scoring computes again: a head meets features
+    # of no other. Bundles of an earlier featx were all fitted on float32.
+    dtype: str = "float32"
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     path: Path | None = None
@@ -61,16 +65,21 @@ class Bundle:
         """Probabilities with one column per entry of ``classes``, in that order."""
         return class_proba(self.head, features, len(self.classes))
 
-    def save(self, path: str | os.PathLike, extra: Callable[[Path], object] | None = None,
-             own: tuple[str, ...] = ()) -> Path:
-        """Write the bundle whole to the folder ``path``, replacing a bundle there, or a folder
-        holding only the names ``own`` (a fine-tune's own files as it runs).
+    def save(self, path: str | os.PathLike, extra: Callable[[Path], object] | None = None) -> Path:
+        """Write the bundle whole to the folder ``path``, replacing a bundle there; another
+        process writing one there meanwhile is refused in one line.
 
         ``extra(folder)`` first writes further files into the new folder (pictures, a fine-tuned
         backbone); it may still change this bundle, as bundle.json is written last.
         """
         path = Path(path)
-        check_out(path, own)
+        with locked(path, BundleError):
+            check_out(path)
+            self._write(path, extra)
+        self.path = path
+        return path
+
+    def _write(self, path: Path, extra: Callable[[Path], object] | None) -> None:
         try:
             with folder_write(path) as folder:
                 if extra is not None:
@@ -80,7 +89,7 @@ class Bundle:
                               for f in sorted(folder.iterdir())}
                 doc = dict(format_version=FORMAT_VERSION, featx_version=__version__,
                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           backbone=self.identity.to_dict(), classes=self.classes,
+                           backbone=self.identity.to_dict(), dtype=self.dtype, classes=self.classes,
                            head=dict(model=self.model, file=head_file), metrics=self.metrics,
                            **_relative(self.info, path), files=self.files)
                 with durable_write(folder / BUNDLE_FILE) as tmp:
@@ -88,17 +97,14 @@ class Bundle:
         except OSError as e:
             raise BundleError(f"cannot write the bundle {path} ({e.strerror or e}): make room, or "
                               f"choose another `out`; {path} is as it was") from e
-        self.path = path
-        return path
 
 
-def check_out(path: Path, own: tuple[str, ...] = ()) -> None:
+def check_out(path: Path) -> None:
     """Refuse, before any work, a bundle folder that would replace something not a bundle:
-    a file, or a folder without bundle.json holding other names than ``own``."""
+    a file, or a folder without bundle.json that is not empty."""
     if path.exists() and not path.is_dir():
         raise BundleError(f"{path} is a file, and a bundle is a folder: choose another `out`")
-    if path.is_dir() and not (path / BUNDLE_FILE).is_file() and \
-            any(p.name not in own for p in path.iterdir()):
+    if path.is_dir() and not (path / BUNDLE_FILE).is_file() and any(path.iterdir()):
         raise BundleError(f"{path} is a folder that is not a featx bundle, and writing one there "
                           f"would replace it: choose another `out`")
 
@@ -176,6 +182,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     _check_files(path, doc["files"])
     try:
         identity = FeatureIdentity.from_dict(doc["backbone"])
+        dtype = doc.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is none of {', '.join(DTYPES)}")
         classes, model, head_file = list(doc["classes"]), doc["head"]["model"], doc["head"]["file"]
         if not classes or not all(isinstance(c, str) for c in classes):
             raise ValueError("classes is not a list of names")
@@ -192,7 +201,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"cannot use the head in {path / head_file} ({type(e).__name__}: {e}): "
                           f"fit the head again") from e
     info = _absolute({k: v for k, v in doc.items() if k not in _KNOWN}, path)
-    return Bundle(identity=identity, classes=classes, head=head, model=model,
+    return Bundle(identity=identity, classes=classes, head=head, model=model, dtype=dtype,
                   metrics=doc.get("metrics", {}), info=info, path=path, files=doc["files"])
 
 

@@ -205,7 +205,7 @@ def test_bfloat16_runs_openvino_in_bf16_and_its_features_never_share_a_float32_c
     monkeypatch.setitem(exported.SESSIONS, "openvino", spy)
     data = write_folder(tmp_path / "data", {"": 2})
     out = tmp_path / "features.h5"
-    featx.extract(data, out=out, **fast())
+    featx.extract(data, out=out, dtype="float32", **fast())
     float32_key = featx.open_cache(out).attrs["config_key"]
     asked.clear()  # auto may have timed OpenVINO in float32 for that one
     half = featx.extract(data, out=out, dtype="bfloat16", **fast())
@@ -214,6 +214,27 @@ def test_bfloat16_runs_openvino_in_bf16_and_its_features_never_share_a_float32_c
     fc = featx.open_cache(half.path)
     assert fc.attrs["dtype"] == "bfloat16" and fc.features.dtype == np.float32
     assert fc.attrs["config_key"] != float32_key
+
+
+@pytest.mark.parametrize("native, execution, runtimes, want", [
+    (True, "auto", ["onnxruntime", "openvino"], "bfloat16"),
+    (True, "openvino", ["openvino"], "bfloat16"),
+    (True, "onnxruntime", ["onnxruntime", "openvino"], "float32"),
+    (True, "auto", ["onnxruntime"], "float32"),
+    (False, "auto", ["onnxruntime", "openvino"], "float32"),
+])
+def test_a_cpu_extracts_in_bfloat16_by_default_only_where_it_computes_it_natively_on_openvino(
+        monkeypatch, native, execution, runtimes, want):
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: native)
+    monkeypatch.setattr(exported, "installed", lambda: runtimes)
+    placement = featx.place(featx.Runtime(device="cpu", execution=execution)).placement
+    assert placement.dtype == want
+    # why, in words that name what to change where float32 is not the CPU's own choice
+    assert ("opts out" in placement.why_dtype) == (want == "bfloat16")
+    if native and want == "float32":
+        assert "openvino" in placement.why_dtype.lower() or execution in placement.why_dtype
+    assert featx.place(featx.Runtime(device="cpu", execution=execution), dtype="float32"
+                       ).placement.dtype == "float32"
 
 
 def test_features_of_any_float32_execution_share_one_cache(tmp_path):

@@ -62,7 +62,8 @@ def test_second_run_is_up_to_date_and_a_change_is_noticed(split_folder):
     mtime = first.path.stat().st_mtime_ns
     again = featx.extract(split_folder, **FAST)
     assert again.up_to_date and again.path == first.path and first.path.stat().st_mtime_ns == mtime
-    assert summary(again) == f"up to date: {first.path} (22 images, 0 skipped)"
+    assert summary(again) == (f"up to date: {first.path} (22 images, 0 skipped); precision: "
+                              f"{first.dtype} ({first.why_dtype})")
 
     write_image(split_folder / "val" / "red" / "new.png", (200, 50, 40))
     changed = featx.extract(split_folder, **FAST)

@@ -92,3 +92,31 @@ def test_an_empty_folder(bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(featx.DataError, match="no images found in .*empty"):
         featx.score(tmp_path / "empty", bundle, **RUN)
+
+
+def test_scoring_computes_features_in_the_precision_the_bundle_was_fitted_on(bundle, tmp_path,
+                                                                             monkeypatch):
+    from featx.extraction.execution import cpu
+
+    b = featx.load_bundle(bundle)
+    fitted_on = featx.open_cache(b.info["cache"]).attrs["dtype"]
+    assert b.dtype == fitted_on
+    new = write_folder(tmp_path / "new", {"": 1})
+    r = featx.score(new, bundle, **RUN)
+    assert r.features.dtype == b.dtype and "fitted on" in r.features.why_dtype
+    # A bundle of bfloat16 features where this CPU has none: one line, and float32 on request.
+    b.dtype = "bfloat16"
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    with pytest.raises(featx.ConfigError, match=r"fitted on bfloat16 features.*`dtype` float32"):
+        featx.score(new, b, **RUN)
+    assert featx.score(new, b, dtype="float32", **RUN).features.dtype == "float32"
+
+
+def test_an_earlier_bundle_without_a_dtype_is_float32(bundle, tmp_path):
+    import shutil
+
+    old = shutil.copytree(bundle, tmp_path / "old")
+    doc = json.loads((old / "bundle.json").read_text())
+    del doc["dtype"]
+    (old / "bundle.json").write_text(json.dumps(doc))
+    assert featx.load_bundle(old).dtype == "float32"

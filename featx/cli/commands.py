@@ -84,7 +84,7 @@ def _score(args: argparse.Namespace) -> None:
     from ..scoring.score import score
 
     r = score(args.folder, args.model, out=args.out, weights=args.weights, runtime=runtime_of(args),
-              engine=engine_of(args))
+              engine=engine_of(args), dtype=args.dtype)
     _say(args, text.scored(r))
 
 

@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "backbones NAME --layers` lists them), pooled by --pool; repeat to join "
                         "several")
     p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="the features' precision (default: float32 on a CPU, the GPU's mixed "
-                        "precision on a GPU); float16 halves the file; bfloat16 on a CPU needs "
-                        "native bfloat16 (AVX-512 BF16 or AMX) and OpenVINO")
+                   help="the features' precision (default: bfloat16 on OpenVINO on a CPU that "
+                        "computes it natively, AVX-512 BF16 or AMX; else float32; on a GPU its "
+                        "mixed precision); float16 halves the file")
     p.add_argument("--out", default=None,
                    help="a .h5 file, or a folder for the default name (default cache/)")
     p.add_argument("--force", action="store_true",
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="the features' precision (default: the one the bundle's head was fitted on)")
     add_runtime(p)
     add_engine(p)
 

@@ -40,12 +40,13 @@ def metrics_line(split: str, m: dict) -> str:
 
 
 def extracted(r: ExtractResult) -> str:
+    precision = f"precision: {r.dtype} ({r.why_dtype})"
     if r.up_to_date:
-        return f"up to date: {r.path} ({r.n_images} images, {r.n_failed} skipped)"
+        return f"up to date: {r.path} ({r.n_images} images, {r.n_failed} skipped); {precision}"
     reused = f", reused {r.n_reused}" if r.n_reused else ""
     rate = f", {r.images_per_second:.1f} img/s on {r.execution}" if r.n_extracted else ""
     return (f"extracted {r.n_extracted} images{reused} ({r.n_failed} skipped) in "
-            f"{r.seconds:.1f} s{rate} -> {r.path}")
+            f"{r.seconds:.1f} s{rate} -> {r.path}\n{precision}")
 
 
 def search_table(found: SearchResult) -> str:

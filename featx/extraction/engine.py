@@ -23,16 +23,17 @@ from ..data.readers import ImageReader, Item, ReadBatch, Reader, collate
 from ..errors import ConfigError
 from ..runtime import Runtime, default_workers
 from ..util.progress import progress_bar
-from .execution.exported import check
+from .execution import cpu, exported
 from .execution.prepare import Runner
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where and how a model runs, every ``"auto"`` of ``Runtime`` resolved: the torch
-    ``device``, the features' precision ``dtype`` (``identity.DTYPES``), images per forward pass
-    ``batch_size``, where JPEGs are decoded (``decode``: cpu or device), how the frozen base runs
-    (``execution``), decoding processes (``workers``: None, one per core) and ``progress``."""
+    ``device``, the features' precision ``dtype`` (``identity.DTYPES``) and why that one
+    (``why_dtype``), images per forward pass ``batch_size``, where JPEGs are decoded (``decode``:
+    cpu or device), how the frozen base runs (``execution``), decoding processes (``workers``:
+    None, one per core) and ``progress``."""
 
     device: torch.device
     dtype: str
@@ -41,6 +42,7 @@ class Placement:
     execution: str
     workers: int | None
     progress: bool
+    why_dtype: str = ""  # why ``dtype`` is this one, in a few words (``precision``)
 
     def workers_for(self, n_batches: int) -> int:
         # More workers than batches would only start processes that get nothing to do.
@@ -70,24 +72,47 @@ class Engine(Protocol):
         ...
 
 
-def default_dtype(device: torch.device) -> str:
-    """The features' precision (``identity.DTYPES``) when none is asked for: float32 on a CPU;
-    on a GPU its fast mixed precision, bfloat16 where it computes that natively (compute
-    capability 8+; emulated, as torch.cuda.is_bf16_supported() would accept, it is slower than
-    float16), else float16."""
-    if device.type != "cuda":
-        return "float32"
+ON_GPU = "the GPU's fast mixed precision; `dtype` float32 opts out"  # why a GPU's default is its own
+
+
+def gpu_dtype(device: torch.device) -> str:
+    """A GPU's fast mixed precision: bfloat16 where it computes that natively (compute capability
+    8+; emulated, as torch.cuda.is_bf16_supported() would accept, it is slower than float16),
+    else float16."""
     return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
 
 
+def precision(device: torch.device, execution: str, dtype: str | None = None, why: str = "as asked"
+              ) -> tuple[str, str]:
+    """The features' precision (``identity.DTYPES``) for ``execution`` on ``device``, and why, in
+    a few words. None asks for the fastest that gives the same probe: on a GPU its mixed
+    precision; on a CPU that multiplies bfloat16 natively (AVX-512 BF16, AMX), bfloat16 on
+    OpenVINO, which gave fit-head's held-out figures of float32 within an image or three on both
+    dev sets (docs, Speed) at up to twice the rate; float32 elsewhere. ``why``: that of a
+    ``dtype`` given."""
+    if dtype is not None:
+        return dtype, why
+    if device.type == "cuda":
+        return gpu_dtype(device), ON_GPU
+    if not cpu.has_native_bf16():
+        return "float32", "this CPU has no native bfloat16"
+    if execution not in ("auto", "openvino"):
+        return "float32", (f"this CPU computes bfloat16 natively, but `execution` {execution} "
+                           f"runs float32 only: leave out `execution` for bfloat16")
+    if "openvino" not in exported.installed():
+        return "float32", ("this CPU computes bfloat16 natively, but OpenVINO, which runs it, is "
+                           "not installed: pip install openvino")
+    return "bfloat16", "this CPU computes it natively, on OpenVINO; `dtype` float32 opts out"
+
+
 def autocast_for(device: torch.device, dtype: str | None = None) -> contextlib.AbstractContextManager:
-    """Torch's precision for features of ``dtype`` on ``device`` (None: ``default_dtype``, as
+    """Torch's precision for features of ``dtype`` on ``device`` (None: ``gpu_dtype`` on a GPU, as
     fine-tuning trains). On a GPU, bfloat16 and float16 are autocast, and float32 is float32
     throughout: no TF32, whose 10-bit products would move features by ~1e-3, in convolutions
     either. A CPU computes in float32 (its bfloat16 runs on OpenVINO, ``extraction.execution``)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or gpu_dtype(device)
     if dtype == "float32":
         cudnn = torch.backends.cudnn
         return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
@@ -105,15 +130,18 @@ def device_of(runtime: Runtime) -> torch.device:
     return torch.device(runtime.device)
 
 
-def placement_on(device: torch.device, runtime: Runtime, dtype: str | None = None) -> Placement:
-    """``runtime`` resolved for ``device``; ``dtype`` None: the device's default precision."""
+def placement_on(device: torch.device, runtime: Runtime, dtype: str | None = None,
+                 why: str = "as asked") -> Placement:
+    """``runtime`` resolved for ``device``; ``dtype`` (``why`` that one) None: the fastest
+    precision that gives the same features (``precision``)."""
     # A GPU needs large batches to be kept busy; on a CPU, 32 is as fast as any larger size and
     # keeps the memory of a batch in flight small.
     batch_size = runtime.batch_size or (256 if device.type == "cuda" else 32)
     decode = runtime.decode if runtime.decode != "auto" else "device" if device.type == "cuda" else "cpu"
-    placement = Placement(device, dtype or default_dtype(device), batch_size, decode, runtime.execution,
-                          runtime.workers, runtime.progress)
-    check(placement.execution, placement.dtype, device.type)
+    dtype, why = precision(device, runtime.execution, dtype, why)
+    placement = Placement(device, dtype, batch_size, decode, runtime.execution, runtime.workers,
+                          runtime.progress, why)
+    exported.check(placement.execution, placement.dtype, device.type)
     return placement
 
 

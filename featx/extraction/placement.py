@@ -13,16 +13,17 @@ from .ray_pool import start
 
 
 def place(runtime: Runtime | None = None, engine: str | RayEngine = "local",
-          dtype: str | None = None) -> Engine:
+          dtype: str | None = None, why: str = "as asked") -> Engine:
     """The engine that runs the frozen base as ``runtime`` says (``Runtime``'s defaults when
     None): ``engine`` local (this machine), or ray (or a ``RayEngine`` with its settings) for a
     pool of actors on a Ray cluster. ``dtype``: the features' precision (``identity.DTYPES``;
-    None: the device's default, float32 on a CPU)."""
+    None: the fastest that gives the same features, ``engine.precision``; ``why`` that one, when
+    given)."""
     runtime = runtime or Runtime()
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown `dtype` {dtype!r}: choose one of {', '.join(DTYPES)}")
     if engine == "local":
-        return LocalEngine(placement_on(device_of(runtime), runtime, dtype))
+        return LocalEngine(placement_on(device_of(runtime), runtime, dtype, why))
     if engine == "ray" or isinstance(engine, RayEngine):
-        return start(RayEngine() if engine == "ray" else engine, runtime, dtype)
+        return start(RayEngine() if engine == "ray" else engine, runtime, dtype, why)
     raise ConfigError(f"unknown `engine` {engine!r}: choose one of {', '.join(ENGINES)}")

@@ -32,11 +32,12 @@ from ..data.folders import Dataset
 from ..errors import ConfigError, first_line
 from ..runtime import BATCHES_PER_BLOCK, CPUS_PER_WORKER, GPU_READERS, RayEngine, Runtime
 from .engine import (
+    ON_GPU,
     BatchOutput,
     Placement,
     counted,
-    default_dtype,
     embed,
+    gpu_dtype,
     lowest_priority,
     placement_on,
     reader,
@@ -196,7 +197,8 @@ def _columns(out: BatchOutput, index: np.ndarray, dim: int) -> dict[str, np.ndar
             "execution": np.array([out.execution] * (n_ok + n_failed), object)}
 
 
-def start(engine: RayEngine, runtime: Runtime, dtype: str | None = None) -> RayPool:
+def start(engine: RayEngine, runtime: Runtime, dtype: str | None = None, why: str = "as asked"
+          ) -> RayPool:
     """Connect to the cluster and size the pool of actors for it, or say in one line why not."""
     if runtime.workers == 0:
         raise ConfigError("`workers` 0: the Ray engine needs at least one actor (leave `workers` "
@@ -219,9 +221,10 @@ def start(engine: RayEngine, runtime: Runtime, dtype: str | None = None) -> RayP
                           f"GPU now, not {workers}: lower `workers`, `cpus_per_worker` or "
                           f"`gpus_per_worker`, or add nodes")
     device = torch.device("cuda" if gpus else "cpu")
-    dtype = dtype or (ray.get(ray.remote(num_gpus=gpus, num_cpus=0)(_default_dtype).remote()) if gpus
-                      else default_dtype(device))
-    pool = RayPool(engine, placement_on(device, runtime, dtype), workers, cpus, gpus)
+    if dtype is None and gpus:  # the precision of the GPU the actors will have, which this machine may lack
+        dtype, why = ray.get(ray.remote(num_gpus=gpus, num_cpus=0)(_gpu_dtype).remote()), ON_GPU
+    placement = placement_on(device, runtime, dtype, why)
+    pool = RayPool(engine, placement, workers, cpus, gpus)
     log.info("%s (the cluster: %d node(s), %g CPUs, %g GPUs)", pool.describe(), len(nodes),
              sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes))
     return pool
@@ -236,6 +239,6 @@ def _cpus(nodes: list[dict], workers: int | None) -> float:
     return max(1.0, cpus)
 
 
-def _default_dtype() -> str:
+def _gpu_dtype() -> str:
     # On a GPU worker: the precision its GPU computes fast, as a local run there would choose.
-    return default_dtype(torch.device("cuda"))
+    return gpu_dtype(torch.device("cuda"))

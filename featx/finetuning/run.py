@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
 from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle
+from ..cache.lock import locked
 from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
@@ -161,8 +162,12 @@ class _Run:
     keys: list[str]                # the state entries training changes (``learned_keys``)
 
     @property
+    def state(self) -> Path:
+        return checkpoint.state_folder(self.out)
+
+    @property
     def checkpoint(self) -> Path:
-        return self.out / checkpoint.CHECKPOINT
+        return self.state / checkpoint.CHECKPOINT
 
 
 def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out: Path,
@@ -179,6 +184,11 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
     engine = place(dataclasses.replace(runtime, execution="eager",
                                        batch_size=runtime.batch_size or recipe.batch_size))
     device = engine.placement.device
+    if engine.placement.dtype != source.dtype:
+        # Features 1e-2 apart at most, which training moves far more; the head meets these.
+        log.info("the head was fitted on %s features; fine-tuning trains and validates in torch's "
+                 "%s on %s, and its bundle is %s", source.dtype, engine.placement.dtype,
+                 device.type, engine.placement.dtype)
     model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, top, recipe.lr, recipe.lr_decay, recipe.weight_decay))
     train = dataset.subset(parts["train"])
@@ -186,7 +196,12 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
         optimizer, schedule(optimizer, recipe, math.ceil(len(train.samples) / recipe.batch_size)),
         torch.amp.GradScaler(device.type, enabled=getattr(autocast_for(device), "fast_dtype", None)
                              == torch.float16), device, recipe.clip)
-    out.mkdir(parents=True, exist_ok=True)
+    state = checkpoint.state_folder(out)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"cannot write {e.filename or state} ({e.strerror or e}): choose another "
+                          f"`out`") from e
     config = dict(recipe.to_dict(), source=str(Path(source.path).resolve()),
                   data=str(dataset.root.resolve()))
     return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), engine,
@@ -254,7 +269,7 @@ def _train(run: _Run, history: list[HistoryRow], start: Snapshot, best: Snapshot
     snapshot (the head, epoch 0, is not one: it is weighed against this afterwards)."""
     def save(logged: bool = False) -> None:
         checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, start, best)
-        checkpoint.write_history(history, run.out, title)
+        checkpoint.write_history(history, run.state, title)
         if board is not None and not logged:
             board.epoch(history[-1].to_dict())
 
@@ -322,7 +337,8 @@ def _write_head(run: _Run, source: Bundle, history: list[HistoryRow], title: str
     head, backbone, figures and pictures), plus this run's history and verdict; returns its
     metrics."""
     bundle = Bundle(identity=source.identity, classes=list(source.classes), head=source.head,
-                    model=source.model, metrics=source.metrics, info={**source.info, **info})
+                    model=source.model, dtype=source.dtype, metrics=source.metrics,
+                    info={**source.info, **info})
 
     def copy_source(folder: Path) -> None:
         for name in source.files:  # what bundle.json lists, checked on load: not a stray report
@@ -330,20 +346,20 @@ def _write_head(run: _Run, source: Bundle, history: list[HistoryRow], title: str
                 shutil.copy2(source.path / name, folder / name)
         checkpoint.write_history(history, folder, title)
 
-    bundle.save(run.out, copy_source, own=checkpoint.WORK_FILES)
+    bundle.save(run.out, copy_source)
     return source.metrics
 
 
 def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, held: dict[str, Predictions],
                   history: list[HistoryRow], title: str, info: dict) -> None:
-    """The fine-tuned bundle, written whole over the run's folder (its checkpoint goes with the
-    old folder): backbone, head, history, the validation confusion PNG and the held-out
+    """The fine-tuned bundle, written whole over the run's folder: backbone, head, history, the validation confusion PNG and the held-out
     predictions, then bundle.json."""
     run.model.cpu()
     extractor = run.model.extractor
     run.head.module_.eval()
     bundle = Bundle(identity=extractor.identity(), classes=list(source.classes), head=run.head,
-                    model="mlp" if run.head.hidden else "linear", metrics=results, info=info)
+                    model="mlp" if run.head.hidden else "linear", dtype=run.engine.placement.dtype,
+                    metrics=results, info=info)
 
     def backbone_and_pictures(folder: Path) -> None:
         weights = save_weights(extractor, folder / BACKBONE_FILE)
@@ -356,7 +372,7 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, h
                              f"{chosen.metrics['accuracy']:.3f}")
         write_predictions(folder / PREDICTIONS_FILE, held, list(source.classes))
 
-    bundle.save(run.out, backbone_and_pictures, own=checkpoint.WORK_FILES)
+    bundle.save(run.out, backbone_and_pictures)
 
 
 def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
@@ -367,7 +383,8 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     write a new bundle (default: ``<bundle>.finetuned``) holding the fine-tuned backbone.
 
     ``recipe``: what to train and how (``Recipe``'s measured defaults when None). ``resume``:
-    continue the interrupted run in ``out``. ``runtime``: device, workers and progress; the base
+    continue the interrupted run to ``out``, from its checkpoint in ``OUT.partial``; the bundle
+    already at ``out``, if any, is replaced only once the new one is whole. ``runtime``: device, workers and progress; the base
     runs eagerly, being trained, and validates at the recipe's batch size unless it says one.
     ``tensorboard``: a folder for each epoch's figures and the confusion matrix.
     """
@@ -376,9 +393,22 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     source, dataset = _source(data, bundle)
     parts = _partition(dataset, source)
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
-    check_out(out, own=checkpoint.WORK_FILES)  # before hours of training, not after
-    board = Board(tensorboard) if tensorboard is not None else None
-    run = _prepare(source, dataset, parts, out, recipe, runtime, resume)
+    # One run to a bundle at a time: two would train into one checkpoint, one bundle's history
+    # in the other's.
+    with locked(out, BundleError):
+        check_out(out)  # before hours of training, not after
+        board = Board(tensorboard) if tensorboard is not None else None
+        run = _prepare(source, dataset, parts, out, recipe, runtime, resume)
+        result = _tune(run, source, dataset, parts, board, start, resume)
+        shutil.rmtree(run.state)  # only now: a kill before leaves the checkpoint to resume from
+    return result
+
+
+def _tune(run: _Run, source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], board: Board | None,
+          start: float, resume: bool) -> FinetuneResult:
+    """Train, choose what to keep, write the bundle over ``run.out``; ``start``: when the
+    fine-tune began (``time.perf_counter``)."""
+    out = run.out
     trainable, frozen = _parameters(run)
     name = run.model.extractor.spec.name
     history, first, best = _start(run, resume)

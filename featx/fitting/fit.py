@@ -159,6 +159,7 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
         head = found.fitted if found and found.fitted else make_head(model, **chosen)
         fitted = _fitted_rows(parts, found is not None and found.fitted is None)
         bundle = Bundle(identity=fc.identity, classes=fc.classes, head=head, model=model,
+                        dtype=fc.attrs.get("dtype", "float32"),
                         info=_provenance(fc, parts, chosen, val_split, seed, found, timings))
         if not (found and found.fitted):
             t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from ..cache.reader import open_cache
 from ..data.folders import Dataset, scan_unlabelled
 from ..errors import ConfigError
 from ..evaluation import Tally
+from ..extraction.engine import Engine
 from ..extraction.placement import place
 from ..extraction.update import ExtractResult, update_cache
 from ..reporting.plots import confusion_matrix_png
@@ -51,18 +52,19 @@ class ScoreResult:
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,
-          engine: str | RayEngine = "local") -> ScoreResult:
+          engine: str | RayEngine = "local", dtype: str | None = None) -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
     and the accuracy over them is reported. The folder's features are cached under
     ``cache_dir/scores/`` and reused for every image unchanged since the last time.
-    ``runtime`` and ``engine`` are as for ``extract``.
+    ``runtime`` and ``engine`` are as for ``extract``. ``dtype``: the features' precision (None:
+    the one the bundle's head was fitted on).
     """
     start = time.perf_counter()
-    # A missing device, or what cannot run on it, fails before any scan or model load.
-    runs = place(runtime, engine)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    # A missing device, or what cannot run on it, fails before any scan or model load.
+    runs = _placed(b, runtime, engine, dtype)
     dataset = scan_unlabelled(folder, tuple(b.classes))
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
@@ -97,6 +99,21 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                                            csv_path.with_suffix(".png"),
                                            f"{folder.name}: accuracy {found['accuracy']:.3f}")
     return result
+
+
+def _placed(b: Bundle, runtime: Runtime | None, engine: str | RayEngine, dtype: str | None) -> Engine:
+    """The engine computing features in the precision asked, else in the one ``b``'s head was
+    fitted on, refusing in one line where that cannot run here."""
+    if dtype is not None:
+        return place(runtime, engine, dtype)
+    try:
+        return place(runtime, engine, b.dtype, "the precision the bundle's head was fitted on")
+    except ConfigError as e:
+        if b.dtype == "float32":  # what fails is not the precision
+            raise
+        raise ConfigError(f"{b.path or 'the bundle'}: its head was fitted on {b.dtype} features, "
+                          f"which cannot be computed here ({e}); pass `dtype` float32 to score "
+                          f"with features of that precision instead") from e
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
