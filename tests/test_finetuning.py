@@ -273,7 +273,7 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(source, tmp_path, monk
     monkeypatch.setattr(loop, "train_epoch", Interrupt(at=2))
     with pytest.raises(KeyboardInterrupt):
         featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))
-    assert (tmp_path / "cut" / checkpoint.CHECKPOINT).is_file()
+    assert (checkpoint.state_folder(tmp_path / "cut") / checkpoint.CHECKPOINT).is_file()
     monkeypatch.undo()
     with pytest.raises(featx.ConfigError, match="holds an unfinished fine-tune .* add `resume=True`"):
         featx.finetune(root, bundle, out=tmp_path / "cut", **tiny(epochs=2))

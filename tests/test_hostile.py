@@ -3,12 +3,25 @@ run reads, or to crash featx, each end in one line or are handled as documented.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+import featx
+from featx.cache.lock import lock_path
+from featx.finetuning import checkpoint, loop
+
+from conftest import FAST, QUIET, write_folder
+
+# One step an epoch on tiny data, no mixing, the fine-tuned model kept whatever its gain.
+TUNE = {"recipe": featx.Recipe(unfreeze="top:1", epochs=1, keep="finetuned", mix=False), "runtime": QUIET}
 
 # Extract, the device's crop and fine-tuning's plain crop of 118-byte PNGs of 1×12000 px, in a
 # process of their own so that its peak memory is theirs; it prints that peak in MB.
@@ -44,3 +57,54 @@ def test_tiny_files_of_huge_aspect_cost_bounded_memory(tmp_path):
     assert r.returncode == 0, r.stderr
     # Importing torch and building the model is ~0.8 GB; resizing these whole cost 7.6 GB.
     assert int(r.stdout.split()[-1]) < 1500
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """(data folder, a logistic bundle, a bundle fine-tuned from it for one epoch)."""
+    root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 4, "val": 2})
+    bundle = featx.fit_head(featx.extract(root, out=root.parent / "colours.h5", **FAST).path).bundle
+    out = root.parent / "tuned"
+    featx.finetune(root, bundle, out=out, **TUNE)
+    return root, bundle, out
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_second_finetune_leaves_the_first_whole_until_it_is_done(tuned, monkeypatch):
+    root, bundle, out = tuned
+    before = _contents(out)
+
+    def killed(*args, **kwargs):  # the second run, stopped in its first epoch
+        assert _contents(out) == before  # its epoch 0 is written, but elsewhere
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        featx.finetune(root, bundle, out=out, **TUNE)
+    assert _contents(out) == before
+    featx.load_bundle(out)
+    assert (checkpoint.state_folder(out) / checkpoint.CHECKPOINT).is_file()
+    monkeypatch.undo()
+    featx.finetune(root, bundle, out=out, resume=True, **TUNE)
+    assert _contents(out) != before and not checkpoint.state_folder(out).exists()
+    featx.load_bundle(out)
+
+
+def test_a_bundle_being_written_is_refused_to_another_writer(tuned, tmp_path):
+    root, bundle, out = tuned
+    before = _contents(out)
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)  # as another process holding it would
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        for write in (lambda: featx.finetune(root, bundle, out=out, **TUNE),
+                      lambda: featx.load_bundle(bundle).save(out)):
+            with pytest.raises(featx.BundleError, match=rf"^{re.escape(str(out))} is being written by "
+                                                        r"another featx process \(pid 4242\): wait"):
+                write()
+    finally:
+        os.close(fd)
+    assert _contents(out) == before and not checkpoint.state_folder(out).exists()

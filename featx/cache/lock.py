@@ -1,4 +1,5 @@
-"""One writer per cache: a lock file beside it, held with flock so a killed holder frees it."""
+"""One writer per cache or bundle: a lock file beside it, held with flock so a killed holder
+frees it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CacheError
+from ..errors import CacheError, FeatxError
 
 if os.name == "nt":  # no flock on Windows: a byte-range lock, which the OS also drops with its holder
     import msvcrt
@@ -29,9 +30,9 @@ else:
         return True
 
 
-# The descriptors of the locks this process holds; a forked child (a DataLoader worker) closes
-# its copies (``forget_inherited``).
-_HELD: set[int] = set()
+# The locks this process holds, by descriptor; a forked child (a DataLoader worker) closes its
+# copies (``forget_inherited``).
+_HELD: dict[int, Path] = {}
 
 
 def forget_inherited() -> None:
@@ -48,15 +49,15 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _acquire(lock: Path, path: Path) -> int:
+def _acquire(lock: Path, path: Path, error: type[FeatxError]) -> int:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(fd):
             os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CacheError(f"{path} is being written by another featx process (pid {holder}): "
-                             f"wait for it to finish, or stop it, then run this again") from None
+            raise error(f"{path} is being written by another featx process (pid {holder}): "
+                        f"wait for it to finish, or stop it, then run this again") from None
         # The last holder unlinks the file as it lets go; a file locked after that is no longer
         # the one on disk, and locking it would let a third process in beside us.
         with contextlib.suppress(FileNotFoundError):
@@ -66,20 +67,24 @@ def _acquire(lock: Path, path: Path) -> int:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold ``PATH.lock`` for the block, or raise ``CacheError`` naming the process that holds it.
+def locked(path: Path, error: type[FeatxError] = CacheError) -> Iterator[None]:
+    """Hold ``PATH.lock`` for the block, or raise ``error`` naming the process that holds it.
+    Within a block that holds it already (a fine-tune, then its bundle's write), it is held still.
 
     The kernel drops an flock when its process dies, even by ``kill -9``, so no lock outlives its
     writer and none has to be cleaned up by hand.
     """
     lock = lock_path(path)
+    if lock.absolute() in _HELD.values():
+        yield
+        return
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(lock, path)
+        fd = _acquire(lock, path, error)
     except OSError as e:  # a folder that is a file, or one this user may not write in
-        raise CacheError(f"cannot write {e.filename or lock} ({e.strerror or e}): choose another "
-                         f"`out`") from e
-    _HELD.add(fd)
+        raise error(f"cannot write {e.filename or lock} ({e.strerror or e}): choose another "
+                    f"`out`") from e
+    _HELD[fd] = lock.absolute()
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -87,5 +92,5 @@ def locked(path: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(PermissionError):  # Windows keeps a file that is open: reused next time
             lock.unlink(missing_ok=True)
-        _HELD.discard(fd)
+        del _HELD[fd]
         os.close(fd)

@@ -1,6 +1,10 @@
 """What a fine-tune keeps as it goes: a durable checkpoint after every epoch (weights, optimizer,
 schedule, scaler, history, the best epoch so far), so that an interrupted run continues where it
-stopped; and the history as JSON, CSV and a picture."""
+stopped; and the history as JSON, CSV and a picture.
+
+All of it lives in a folder of its own beside the bundle (``state_folder``), never in it: the
+bundle is written whole at the end, so the previous one there stays usable throughout the run and
+after any kill."""
 
 from __future__ import annotations
 
@@ -22,8 +26,11 @@ from .records import HistoryRow, Snapshot
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
-# What a fine-tune writes into its folder as it runs, before the bundle replaces them all.
-WORK_FILES = (CHECKPOINT, "history.json", "history.csv", "history.png")
+
+
+def state_folder(out: Path) -> Path:
+    """Where the fine-tune whose bundle goes to ``out`` keeps its checkpoint and history."""
+    return out.with_name(out.name + ".partial")
 
 
 def snapshot(epoch: int, val_metrics: dict, predictions: Predictions, model: Classifier,
@@ -56,7 +63,7 @@ def check_start(path: Path, resume: bool) -> None:
     """Refuse to overwrite an unfinished fine-tune, or to resume one that is not there."""
     if path.exists() and not resume:
         raise ConfigError(f"{path.parent} holds an unfinished fine-tune ({path}): add `resume=True` to "
-                          f"continue it, or delete that file to start over")
+                          f"continue it, or delete that folder to start over")
     if resume and not path.exists():
         raise ConfigError(f"nothing to resume: {path} does not exist; run without `resume=True`")
 
