@@ -6,8 +6,9 @@
 In one run, on the same images, it measures and prints:
   (a) the model-only forward throughput on random uint8 batches: plain torch's eager runs in NCHW
       and channels_last, featx's torch fold, and the exported graph on each installed runtime
-      (ONNX Runtime, OpenVINO; bfloat16 too where the CPU has it). The limit is the fastest
-      runtime's float32 rate, measured again just before each dataset's (b), for its b/a;
+      (ONNX Runtime, OpenVINO; bfloat16 on OpenVINO where the CPU computes it natively). The limit
+      is the fastest rate at a precision extract's default may use here: float32 on every runtime,
+      and bfloat16 where it is native; measured again just before each dataset's (b), for its b/a;
   (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
   (c) a loop in the style of the Keras/PyTorch recipes: PIL decode and transform, forward in
       NCHW, one process, features kept in a list and saved at the end;
@@ -151,7 +152,8 @@ def job_extract(data: str, out: str, backbone: str, weights: str | None, batch_s
 
     r = featx.extract(data, backbone, weights, out=out, force=True,
                       runtime=featx.Runtime(batch_size=batch_size, progress=False, execution=execution))
-    return {"images": r.n_images + r.n_failed, "seconds": r.seconds, "execution": r.execution}
+    return {"images": r.n_images + r.n_failed, "seconds": r.seconds, "execution": r.execution,
+            "dtype": r.dtype}
 
 
 def _recipe_transform(pre, train: bool):
@@ -302,14 +304,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("bench: neither onnxruntime nor openvino is installed, so there is no limit to "
                  "measure against: pip install onnxruntime openvino")
     versions = ", ".join(f"{r} {__import__(r).__version__}" for r in runtimes)
+    # The precisions extract's default may choose on this CPU, as (runtime, dtype).
+    candidates = [(r, "float32") for r in runtimes]
+    if "openvino" in runtimes and cpu.has_native_bf16():
+        candidates.append(("openvino", "bfloat16"))
     print(f"featx benchmark: {args.backbone} (weights {args.weights or 'default'}), batch "
-          f"{args.batch_size}, float32, execution {args.execution}; CPU {cpu.describe()}; torch "
-          f"{torch.__version__}, {versions}", flush=True)
+          f"{args.batch_size}, execution {args.execution}, default precision; CPU {cpu.describe()}, "
+          f"{'native' if cpu.has_native_bf16() else 'no'} bfloat16; torch {torch.__version__}, "
+          f"{versions}", flush=True)
+
+    def name(runtime: str, dtype: str) -> str:
+        return runtime if dtype == "float32" else f"{runtime}-{dtype}"
 
     def limit() -> tuple[str, float]:
-        """The fastest runtime's model-only float32 rate, measured now."""
-        rates = {r: run_child("forward", **model, execution=r, batches=args.forward_batches)["rate"]
-                 for r in runtimes}
+        """The fastest model-only rate at a precision the default may use, measured now."""
+        rates = {name(r, d): run_child("forward", **model, execution=r, dtype=d,
+                                       batches=args.forward_batches)["rate"] for r, d in candidates}
         best = max(rates, key=rates.get)
         return best, rates[best]
 
@@ -317,16 +327,16 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         if "throughput" in sections:
             names = [*PLAIN, "fold", *runtimes, *["compile"] * args.compile]
-            runs = {name: run_child("forward", plain=name in PLAIN, **model,
-                                    execution=name.removesuffix("-plain"), batches=args.forward_batches)
-                    for name in names}
-            if "openvino" in runtimes and cpu.has_native_bf16():
-                runs["openvino-bf16"] = run_child("forward", **model, execution="openvino",
-                                                  dtype="bfloat16", batches=args.forward_batches)
-            fastest = max(runtimes, key=lambda r: runs[r]["rate"])
+            runs = {n: run_child("forward", plain=n in PLAIN, **model,
+                                 execution=n.removesuffix("-plain"), batches=args.forward_batches)
+                    for n in names}
+            runs |= {name(r, d): run_child("forward", **model, execution=r, dtype=d,
+                                           batches=args.forward_batches)
+                     for r, d in candidates if d != "float32"}
+            fastest = max((name(r, d) for r, d in candidates), key=lambda n: runs[n]["rate"])
             top, eager = runs[fastest]["rate"], runs["eager-plain"]["rate"]
             print("(a) forward, random uint8 batches, img/s: " + ", ".join(
-                f"{name} {r['rate']:.1f}" for name, r in runs.items()))
+                f"{n} {r['rate']:.1f}" for n, r in runs.items()))
             print(f"    limit: {fastest}, {top / eager:.2f}x plain torch's eager channels_last and "
                   f"{top / runs['fold']['rate']:.2f}x featx's torch fold; largest feature difference "
                   f"from eager (relative): " + ", ".join(
@@ -352,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{data.name:14s} {n:6d} {torch_rate:10.1f} {f'{best} {rate:.1f}':>22s} "
                       f"{rb:12.1f} {rc:11.1f} {rb / rate:5.2f} {rb / rc:5.2f} "
                       f"{size_text(b['peak_bytes']):>11s} {size_text(c['peak_bytes']):>11s}"
-                      f"  (b ran on {b['execution']}; decoding {decode['featx_ms']:.2f} ms of one core "
+                      f"  (b ran on {b['execution']} in {b['dtype']}; decoding {decode['featx_ms']:.2f} ms of one core "
                       f"an image, {decode['pil_ms']:.2f} resized by PIL, pixels within "
                       f"{decode['max_pixel_difference']})", flush=True)
         if "memory" in sections:

@@ -195,3 +195,19 @@ def test_on_cuda_exif_orientation_comes_out_upright(tmp_path, orientation):
     write_image(tmp_path / "turned.jpg", size=(120, 70), format="JPEG", exif=exif)
     out, pil = _both(tmp_path, [Path("turned.jpg")], PREPROCESSING["bilinear"], "cuda")
     assert _differences(out.images, pil.images)[0] <= 2
+
+
+def test_a_large_jpeg_is_decoded_scaled_down_to_twice_the_resize_and_crops_alike(tmp_path):
+    from featx.data.images import load_rgb
+
+    pre = Preprocessing(64, 56, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    ramp = np.linspace(0, 255, 600)
+    pixels = np.stack([ramp[None, :].repeat(520, 0), ramp[:520, None].repeat(600, 1),
+                       np.full((520, 600), 90.0)], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    assert load_rgb(path, pre.resize_size).size == (150, 130)  # 1/4: the shorter side >= 128
+    assert load_rgb(path, 200).size == (600, 520)  # less than 4 times 200: decoded whole
+    reader = ImageReader(tmp_path, [Path("big.jpg")], pre.crop, shorter=pre.resize_size)
+    whole = pre.crop(load_rgb(path)).int()
+    assert (reader[0][1].int() - whole).abs().float().mean() < 1 and reader[0][1].shape == whole.shape

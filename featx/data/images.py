@@ -4,6 +4,7 @@ PIL's bomb check an error, and the one-line reason recorded for a file that cann
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import warnings
@@ -26,13 +27,21 @@ def open_image(fp: str | os.PathLike | BinaryIO) -> Iterator[Image.Image]:
             yield im
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode any supported image to 8-bit RGB, upright as its EXIF orientation says.
+def load_rgb(path: str | os.PathLike, shorter: int | None = None) -> Image.Image:
+    """Decode any supported image to 8-bit RGB, upright as its EXIF orientation says; a JPEG at
+    least four times ``shorter`` on its shorter side decoded at 1/2, 1/4 or 1/8 of its size, its
+    shorter side kept at least twice ``shorter``.
 
     PIL's decompression-bomb warning becomes an error, so a huge declared size is a skipped file.
     """
     with open_image(path) as im:
         im.seek(0)  # first frame of an animation
+        if shorter and im.format == "JPEG" and min(im.size) >= 4 * shorter:
+            # libjpeg scales in the DCT domain as it decodes: a 12-megapixel photo wanted at 256 px
+            # decoded at 1/4 took 44 ms instead of 153. Kept twice the size wanted, the resize
+            # after still smooths it: pixels 0.2 of 255 apart on average from a full decode's.
+            scale = 2 * shorter / min(im.size)
+            im.draft(None, (math.ceil(im.width * scale), math.ceil(im.height * scale)))
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit greyscale: PIL's convert("RGB") would clip instead of scaling down.
@@ -64,8 +73,9 @@ def check_file(path: Path) -> None:
         raise OSError("empty file (0 bytes)")
 
 
-def read_image(path: Path) -> tuple[Image.Image, str]:
-    """The image as ``load_rgb`` decodes it, and the sha256 of the file's bytes.
+def read_image(path: Path, shorter: int | None = None) -> tuple[Image.Image, str]:
+    """The image as ``load_rgb`` decodes it (for a resize of its shorter side to ``shorter``),
+    and the sha256 of the file's bytes.
 
     Raises for a file that is no usable image (``OSError`` or one of PIL's decompression-bomb
     errors); ``error_line`` of the exception is the reason recorded for it.
@@ -73,7 +83,7 @@ def read_image(path: Path) -> tuple[Image.Image, str]:
     check_file(path)
     digest = sha256_file(path)
     try:
-        return load_rgb(path), digest
+        return load_rgb(path, shorter), digest
     except UnidentifiedImageError:
         text = _text_start(path)
         if text is None:

@@ -46,15 +46,17 @@ class Reader(torch.utils.data.Dataset):
 class ImageReader(Reader):
     """Decoded images as uint8 tensors. ``transform`` makes the tensor: ``Preprocessing.crop`` for
     features, a random augmentation for fine-tuning. With ``seed``, image ``i``'s random draws
-    are seeded by ``seed + i`` alone, whichever worker process reads it."""
+    are seeded by ``seed + i`` alone, whichever worker process reads it. ``shorter``: the size
+    ``transform`` resizes the shorter side to, which a large JPEG is decoded no smaller than
+    (``images.load_rgb``); None for a transform that may keep every pixel."""
 
     def __init__(self, root: Path, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor],
-                 seed: int | None = None):
+                 seed: int | None = None, shorter: int | None = None):
         super().__init__(root, paths)
-        self.transform, self.seed = transform, seed
+        self.transform, self.seed, self.shorter = transform, seed, shorter
 
     def read(self, i: int, path: Path) -> tuple[torch.Tensor, str]:
-        image, digest = read_image(path)
+        image, digest = read_image(path, self.shorter)
         if self.seed is None:
             return self.transform(image), digest
         with torch.random.fork_rng(devices=[]):

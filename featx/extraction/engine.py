@@ -151,7 +151,8 @@ def reader(model: FeatureExtractor, root: Path, paths: list[Path], on_device: bo
     collated: decoded and cropped, or (``on_device``) left encoded for the device to decode."""
     if on_device:
         return RawReader(root, paths, model.preprocessing.crop), collate_encoded
-    return ImageReader(root, paths, model.preprocessing.crop), collate
+    pre = model.preprocessing
+    return ImageReader(root, paths, pre.crop, shorter=pre.resize_size), collate
 
 
 def embed(batch: ReadBatch, model: FeatureExtractor, runner: Runner, device: torch.device) -> BatchOutput:
