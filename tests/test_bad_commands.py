@@ -147,7 +147,7 @@ CASES = [
      "{X} is a folder that is not a featx bundle, and writing one there would replace it"),
     ("fit-head --out a file", _file, "fit-head {cache} --out {X}", "{X} is a file, and a bundle is a folder"),
     ("fit-head --out under a file", _file, "fit-head {cache} --out {X}/b",
-     "cannot write the bundle {X}/b (Not a directory)"),
+     "cannot write {X} (File exists): choose another --out"),
     ("score --out a folder", _folder, "score {data} --model {bundle} --out {X}",
      "--out {X} is a folder: give the CSV file's path"),
     ("score --out under a file", _file, "score {data} --model {bundle} --out {X}/s.csv",
@@ -195,7 +195,7 @@ def test_a_bad_input_is_one_line_and_exit_1_and_nothing_is_lost(made, tmp_path, 
 def test_a_folder_this_user_may_not_write_is_one_line(made, monkeypatch, capsys):
     data, _, _ = made
 
-    def refused(lock, _path):
+    def refused(lock, _path, _error):
         raise PermissionError(13, "Permission denied", str(lock))
 
     monkeypatch.setattr(lock_mod, "_acquire", refused)  # as root, the kernel would not refuse

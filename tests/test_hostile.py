@@ -16,10 +16,12 @@ from PIL import Image
 
 import featx
 from featx.cache.lock import lock_path
+from featx.cli import main
 from featx.finetuning import checkpoint, loop
 
 from conftest import FAST, QUIET, write_folder
 
+QUICK = ["--workers", "0", "--no-progress", "--weights", "none"]
 # One step an epoch on tiny data, no mixing, the fine-tuned model kept whatever its gain.
 TUNE = {"recipe": featx.Recipe(unfreeze="top:1", epochs=1, keep="finetuned", mix=False), "runtime": QUIET}
 
@@ -108,3 +110,39 @@ def test_a_bundle_being_written_is_refused_to_another_writer(tuned, tmp_path):
     finally:
         os.close(fd)
     assert _contents(out) == before and not checkpoint.state_folder(out).exists()
+
+
+def test_a_planted_link_at_a_temporary_name_is_never_written_through(tuned, tmp_path):
+    _, bundle, _ = tuned
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mine")
+    (bundle / "report.html.tmp").symlink_to(secret)
+    try:
+        featx.report(bundle)
+    finally:
+        (bundle / "report.html.tmp").unlink(missing_ok=True)
+    assert secret.read_text() == "mine"
+    assert (bundle / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_links_planted_beside_a_cache_are_refused_not_followed(tuned, tmp_path, capsys):
+    root, _, _ = tuned
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mine")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("x.tmp", "shard-000001.npz"):
+        (other / name).write_text("someone else's")
+    out = tmp_path / "x.h5"
+    Path(f"{out}.lock").symlink_to(secret)
+    assert main(["extract", str(root), "--out", str(out), *QUICK]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"featx: error: cannot write {out}.lock (Too many levels of symbolic links): choose another --out")
+    Path(f"{out}.lock").unlink()
+    Path(f"{out}.partial").symlink_to(other)
+    assert main(["extract", str(root), "--out", str(out), *QUICK]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"featx: error: {out}.partial, where the unfinished extraction of {out} is kept, cannot be "
+        f"used (a symbolic link, which featx never makes): remove it, or choose another --out")
+    assert secret.read_text() == "mine" and not out.exists()
+    assert sorted(p.name for p in other.iterdir()) == ["shard-000001.npz", "x.tmp"]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CacheError, FeatxError
+from ..util.files import NOFOLLOW
 
 if os.name == "nt":  # no flock on Windows: a byte-range lock, which the OS also drops with its holder
     import msvcrt
@@ -51,7 +52,7 @@ def lock_path(path: Path) -> Path:
 
 def _acquire(lock: Path, path: Path, error: type[FeatxError]) -> int:
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
         if not _try_lock(fd):
             os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"

@@ -24,7 +24,8 @@ import numpy as np
 from ..backbones.identity import storage_dtype
 from ..data.folders import Sample
 from ..data.images import error_line
-from ..util.files import durable_write
+from ..errors import CacheError
+from ..util.files import durable_write, own_folder
 from . import reuse
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,12 @@ class Partial:
         self._writing: Future | None = None
         if fresh or self.dir.is_file():  # featx 0.1 kept an unfinished cache as one file here
             self._delete()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            own_folder(self.dir)  # a link there would have shards read, and strays deleted, elsewhere
+        except OSError as e:
+            raise CacheError(f"{self.dir}, where the unfinished extraction of {path} is kept, "
+                             f"cannot be used ({e.strerror or e}): remove it, or choose another "
+                             f"`out`") from e
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink()
         self.shards: list[Shard] = []
@@ -132,7 +138,7 @@ class Partial:
         self._delete()
 
     def _delete(self) -> None:
-        if self.dir.is_dir():
+        if self.dir.is_dir() and not self.dir.is_symlink():  # a link goes, what it names stays
             shutil.rmtree(self.dir)
         else:
             self.dir.unlink(missing_ok=True)

@@ -48,6 +48,7 @@ from ..heads.torch_head import TorchHead, as_torch_head
 from ..reporting.plots import confusion_matrix_png
 from ..reporting.tensorboard import Board
 from ..runtime import Runtime
+from ..util.files import own_folder
 from ..util.progress import progress_bar
 from . import checkpoint, loop
 from .model import Classifier, learned_keys, mixed, param_groups, resolve_unfreeze, schedule, train_mode
@@ -198,10 +199,10 @@ def _prepare(source: Bundle, dataset: Dataset, parts: dict[str, np.ndarray], out
                              == torch.float16), device, recipe.clip)
     state = checkpoint.state_folder(out)
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        own_folder(state)
     except OSError as e:
-        raise BundleError(f"cannot write {e.filename or state} ({e.strerror or e}): choose another "
-                          f"`out`") from e
+        raise BundleError(f"cannot write {e.filename or state} ({e.strerror or e}): remove it, or "
+                          f"choose another `out`") from e
     config = dict(recipe.to_dict(), source=str(Path(source.path).resolve()),
                   data=str(dataset.root.resolve()))
     return _Run(model, head, top, recipe, trainer, train, dataset.subset(parts["val"]), engine,

@@ -23,6 +23,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def own_folder(path: Path) -> Path:
+    """Make the folder ``path`` (and those above it) where it is not there; raise ``OSError``
+    where a symbolic link stands at ``path``: featx makes none, and files written through one
+    would land in a folder featx was never given."""
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, "a symbolic link, which featx never makes", str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def fsync(path: Path) -> None:
     """Push a file's (or a folder's list of names') data to the disk, past the OS's cache."""
     fd = os.open(path, os.O_RDONLY)
@@ -32,14 +42,24 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
+# The flag that makes an open fail rather than follow a symbolic link (Windows has none).
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 @contextlib.contextmanager
 def durable_write(path: Path, tmp: Path | None = None) -> Iterator[Path]:
-    """Yield a temporary path to write; once written it is synced and renamed onto ``path``.
+    """Yield a temporary file, new and empty, to write; once written it is synced and renamed
+    onto ``path``.
 
     A rename is atomic, so ``path`` is never seen half-written, whether the writer raises, is
-    killed, or the machine loses power; an exception removes the temporary file.
+    killed, or the machine loses power; an exception removes the temporary file. What stands at
+    the temporary name is removed, not written through, and the file is created only where
+    nothing is (``O_EXCL``): a symbolic link planted there (in a folder from elsewhere) never
+    sends the write outside. The rename, too, replaces a link at ``path`` rather than its target.
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644))
     try:
         yield tmp
         fsync(tmp)
