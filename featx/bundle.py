@@ -65,6 +65,11 @@ class Bundle:
         """Probabilities with one column per entry of ``classes``, in that order."""
         return class_proba(self.head, features, len(self.classes))
 
+    def own_files(self) -> list[Path]:
+        """bundle.json and every file it lists: what no output of a run that reads the bundle
+        may replace."""
+        return [] if self.path is None else [self.path / BUNDLE_FILE, *(self.path / n for n in self.files)]
+
     def save(self, path: str | os.PathLike, extra: Callable[[Path], object] | None = None) -> Path:
         """Write the bundle whole to the folder ``path``, replacing a bundle there; another
         process writing one there meanwhile is refused in one line.

@@ -6,11 +6,14 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -146,3 +149,58 @@ def test_links_planted_beside_a_cache_are_refused_not_followed(tuned, tmp_path, 
         f"used (a symbolic link, which featx never makes): remove it, or choose another --out")
     assert secret.read_text() == "mine" and not out.exists()
     assert sorted(p.name for p in other.iterdir()) == ["shard-000001.npz", "x.tmp"]
+
+
+def test_out_never_replaces_a_run_input_nor_a_file_featx_did_not_write(tuned, tmp_path, capsys):
+    root, bundle, _ = tuned
+    before = _contents(bundle)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    quick = ["--workers", "0", "--no-progress"]
+    for argv, line in (
+            (["score", str(root / "val"), "--model", str(bundle), "--out", str(bundle / "head.safetensors")],
+             f"--out {bundle}/head.safetensors would replace {bundle}/head.safetensors, which this run "
+             f"reads: choose another --out"),
+            (["score", str(root / "val"), "--model", str(bundle), "--out", str(notes)],
+             f"{notes} is not a file featx wrote, and this run's --out would replace it: choose "
+             f"another --out, or add --force to replace it"),
+            (["report", str(bundle), "--out", str(bundle / "bundle.json")],
+             f"--out {bundle}/bundle.json would replace {bundle}/bundle.json, which this run reads"),
+            (["report", str(bundle), "--out", str(notes)], f"{notes} is not a file featx wrote")):
+        assert main([argv[0], *(quick if argv[0] == "score" else []), *argv[1:]]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"featx: error: {line}"), err
+    assert _contents(bundle) == before and notes.read_text() == "mine"
+    # What featx wrote it replaces; anything else only when told to.
+    assert main(["report", str(bundle), "--out", str(notes), "--force"]) == 0
+    assert main(["report", str(bundle), "--out", str(notes)]) == 0
+
+
+def _features_from(other: str, virtual: bool):
+    """A cache edit: its /features read from the file ``other``, by a link or a virtual dataset."""
+    def edit(f: h5py.File) -> None:
+        shape, dtype = f["features"].shape, f["features"].dtype
+        del f["features"]
+        if virtual:
+            layout = h5py.VirtualLayout(shape, dtype)
+            layout[:] = h5py.VirtualSource(other, "features", shape)
+            f.create_virtual_dataset("features", layout)
+        else:
+            f["features"] = h5py.ExternalLink(other, "/features")
+    return edit
+
+
+@pytest.mark.parametrize("virtual", [False, True], ids=["external link", "virtual dataset"])
+def test_a_cache_reading_another_file_is_refused(tuned, tmp_path, capsys, virtual):
+    root, _, _ = tuned
+    cache = shutil.copy(root.parent / "colours.h5", tmp_path / "crafted.h5")
+    with h5py.File(cache, "r") as f, h5py.File(tmp_path / "other.h5", "w") as other:
+        other["features"] = np.ones(f["features"].shape, f["features"].dtype)
+    with h5py.File(cache, "r+") as f:
+        _features_from(str(tmp_path / "other.h5"), virtual)(f)
+    assert main(["fit-head", str(cache), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    kind = "a virtual dataset" if virtual else f"an external link to {str(tmp_path / 'other.h5')!r}"
+    assert err == [f"featx: error: {cache} reads data from other files (/features is {kind}), which no "
+                   f"featx cache does: extract it again"]
+    assert not (tmp_path / "b").exists()

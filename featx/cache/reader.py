@@ -27,6 +27,9 @@ class PreviousCache:
     def __init__(self, path: Path):
         self.path, self.file = path, h5py.File(path, "r")
         try:
+            outside = _elsewhere(self.file)
+            if outside:
+                raise ValueError(outside)
             self.contents = Contents.read(self.file)
             c = self.contents
             _check_parts(self.file["features"].shape, identity_of(dict(self.file.attrs)), c.labels,
@@ -79,6 +82,24 @@ def previous(path: Path, identity: FeatureIdentity, dtype: str, data_id: str) ->
     log.warning("%s is not a complete featx cache of format %d: extracting every image again",
                 path, FORMAT_VERSION)
     return None
+
+
+def _elsewhere(f: h5py.File) -> str | None:
+    """What of ``f`` lives in another file: an external link, a virtual dataset, a dataset stored
+    in external files. featx writes none, and reading one reads whatever file it names; None
+    where all is in ``f``."""
+    def outside(name: str) -> str | None:
+        link = f.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return f"/{name} is an external link to {link.filename!r}"
+        found = f.get(name) if isinstance(link, h5py.HardLink) else None  # a soft link's target is visited
+        if isinstance(found, h5py.Dataset) and found.is_virtual:
+            return f"/{name} is a virtual dataset"
+        if isinstance(found, h5py.Dataset) and found.external:
+            return f"/{name} is stored in external files"
+        return None
+
+    return f.visit_links(outside)
 
 
 @contextlib.contextmanager
@@ -213,6 +234,10 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
         if f.attrs.get("format_version") != FORMAT_VERSION or not f.attrs.get("complete"):
             raise CacheError(f"{path} is not a complete featx cache (format "
                              f"{FORMAT_VERSION}): extract it again")
+        outside = _elsewhere(f)
+        if outside:
+            raise CacheError(f"{path} reads data from other files ({outside}), which no featx cache "
+                             f"does: extract it again")
         try:
             fc = FeatureCache(
                 path=path, features=DiskFeatures.of(path, f["features"]), labels=f["labels"][()],

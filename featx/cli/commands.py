@@ -84,7 +84,7 @@ def _score(args: argparse.Namespace) -> None:
     from ..scoring.score import score
 
     r = score(args.folder, args.model, out=args.out, weights=args.weights, runtime=runtime_of(args),
-              engine=engine_of(args), dtype=args.dtype)
+              engine=engine_of(args), dtype=args.dtype, force=args.force)
     _say(args, text.scored(r))
 
 
@@ -92,7 +92,7 @@ def _classify(args: argparse.Namespace) -> None:
     from ..scoring.classify import classify
 
     r = classify(args.folder, backbone=args.backbone, weights=args.weights, top=args.top, out=args.out,
-                 runtime=runtime_of(args))
+                 runtime=runtime_of(args), force=args.force)
     _say(args, text.classified(r))
 
 
@@ -105,7 +105,8 @@ def _info(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from ..reporting.report import report
 
-    _say(args, text.reported(report(args.bundle, scores=args.scores, data=args.data, out=args.out)))
+    _say(args, text.reported(report(args.bundle, scores=args.scores, data=args.data, out=args.out,
+                                    force=args.force)))
 
 
 def _demo(args: argparse.Namespace) -> None:

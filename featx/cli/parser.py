@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out CSV (or the metrics and picture beside it) that featx did "
+                        "not write")
     p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="the features' precision (default: the one the bundle's head was fitted on)")
     add_runtime(p)
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ImageNet labels per image (default {TOP_LABELS})")
     p.add_argument("--out", default=None,
                    help="CSV path (default cache/classify/FOLDER-BACKBONE-HASH.csv)")
+    p.add_argument("--force", action="store_true", help="replace an --out file that featx did not write")
     add_runtime(p, speed=False)
 
     p = command("info", "what a feature cache or a model bundle holds: counts per class and split, "
@@ -180,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="the image folder the bundle was fitted on, if not where its cache says")
     p.add_argument("--out", default=None, help="HTML path (default BUNDLE/report.html)")
+    p.add_argument("--force", action="store_true", help="replace an --out file that featx did not write")
 
     p = command("demo", "extract, fit and score scikit-learn's digits offline with the default backbone")
     p.add_argument("--data", default="data/digits", help="where to write the digit images")

@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,11 +29,15 @@ from ..data.folders import SPLITS, Dataset, scan
 from ..data.images import load_rgb
 from ..errors import CacheError, ConfigError, DataError, first_line
 from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
-from ..util.files import durable_write, metrics_path, uncell
+from ..util.files import check_replaceable, durable_write, metrics_path, uncell
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
 log = logging.getLogger(__name__)
+
+# How every page begins, up to the bundle's name: what tells a page featx wrote from a file it
+# must not replace.
+PAGE_START = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>featx report: '
 
 # The sections, in page order: (id, heading). Each is always there; one that has nothing to show
 # says why, so a reader (and the browser test) finds every one.
@@ -257,18 +262,23 @@ def _style() -> str:
 
 
 def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
-           data: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> ReportResult:
+           data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+           force: bool = False) -> ReportResult:
     """Write one self-contained HTML page about ``bundle`` (default: ``BUNDLE/report.html``).
 
     ``data``: the image folder the bundle was fitted on, for the pictures of images, when it is
     not where the bundle's cache says; ``scores``: a CSV ``featx score`` wrote, shown with its
-    metrics when its images were labelled.
+    metrics when its images were labelled. ``force``: replace an ``out`` featx did not write
+    (never a file the page is made from).
     """
     start = time.perf_counter()
     b = load_bundle(bundle)
     path = Path(out) if out else b.path / "report.html"
     if path.is_dir():
         raise ConfigError(f"`out` {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
+    reads = [*b.own_files(), *([Path(b.info["cache"])] if b.info.get("cache") else []),
+             *([Path(scores), metrics_path(Path(scores)), Path(scores).with_suffix(".png")] if scores else [])]
+    check_replaceable(path, re.compile(re.escape(PAGE_START.encode())), reads, force)
     scored = _read_scores(Path(scores)) if scores is not None else None
     if data is not None and not Path(data).is_dir():
         raise DataError(f"`data` {data}: no such image folder: give the folder the bundle was "
@@ -287,7 +297,7 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
             _scores(page, Path(scores), *scored)
         else:
             page.missing("scores", "no scored folder given (featx report BUNDLE `scores` CSV)")
-        _write_page(path, page, f"featx report: {b.path.name}")
+        _write_page(path, page, b.path.name)
     return ReportResult(path, [sid for sid, _ in SECTIONS], page.pictures, page.notes,
                         time.perf_counter() - start)
 
@@ -318,12 +328,11 @@ def _result_sections(page: _Page, b: Bundle) -> None:
         page.missing("search", "no search was run for this bundle (fit-head `search` runs one)")
 
 
-def _write_page(path: Path, page: _Page, title: str) -> None:
+def _write_page(path: Path, page: _Page, bundle_name: str) -> None:
     body = "".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>{"".join(page.parts.get(sid, []))}'
                    f"</section>" for sid, name in SECTIONS)
-    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-           f"</title><style>{_style()}</style></head><body><h1>{html.escape(title)}</h1>{body}"
-           f"</body></html>")
+    doc = (f"{PAGE_START}{html.escape(bundle_name)}</title><style>{_style()}</style></head><body>"
+           f"<h1>featx report: {html.escape(bundle_name)}</h1>{body}</body></html>")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with durable_write(path) as tmp:

@@ -58,13 +58,15 @@ def _capped(lines: list[str], limit: int) -> list[str]:
 
 def classify(folder: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
              weights: str | os.PathLike | None = None, top: int = TOP_LABELS,
-             out: str | os.PathLike | None = None, runtime: Runtime | None = None) -> ClassifyResult:
+             out: str | os.PathLike | None = None, runtime: Runtime | None = None,
+             force: bool = False) -> ClassifyResult:
     """Classify every image below ``folder`` (recursively) into ImageNet's 1000 classes with the
     backbone's own classifier, and write one CSV row per image with its ``top`` labels.
 
     ``weights``: None for the backbone's default weights, or a state-dict path of the whole
     network (a fine-tuned one keeps its ImageNet layer); "none" (random init) is refused.
-    ``out``: the CSV path (default ``cache/classify/FOLDER-BACKBONE-HASH.csv``). ``runtime``:
+    ``out``: the CSV path (default ``cache/classify/FOLDER-BACKBONE-HASH.csv``); ``force``:
+    replace one there that featx did not write, though never the weights. ``runtime``:
     device, batch size, workers and progress bar; images are decoded on the CPU and run through
     eager torch, as this is a check, not the throughput path.
     """
@@ -85,7 +87,7 @@ def classify(folder: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     # The weights' hash in the name keeps default and fine-tuned weights' results apart.
     csv_path = Path(out) if out else Path("cache") / "classify" / result_name(
         folder, model.spec.name, model.weights.sha256)
-    check_csv_path(csv_path)
+    check_csv_path(csv_path, [Path(weights)] if weights is not None else [], force)
     device = placement.device
     model.to(device)
     _check_head(model, device, len(categories))

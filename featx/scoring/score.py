@@ -27,7 +27,16 @@ from ..extraction.placement import place
 from ..extraction.update import ExtractResult, update_cache
 from ..reporting.plots import confusion_matrix_png
 from ..runtime import RayEngine, Runtime
-from ..util.files import cell, check_csv_path, durable_write, metrics_path, result_name
+from ..util.files import (
+    METRICS_START,
+    PNG_START,
+    cell,
+    check_csv_path,
+    check_replaceable,
+    durable_write,
+    metrics_path,
+    result_name,
+)
 
 
 @dataclass
@@ -52,14 +61,16 @@ class ScoreResult:
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,
-          engine: str | RayEngine = "local", dtype: str | None = None) -> ScoreResult:
+          engine: str | RayEngine = "local", dtype: str | None = None, force: bool = False) -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
     and the accuracy over them is reported. The folder's features are cached under
     ``cache_dir/scores/`` and reused for every image unchanged since the last time.
     ``runtime`` and ``engine`` are as for ``extract``. ``dtype``: the features' precision (None:
-    the one the bundle's head was fitted on).
+    the one the bundle's head was fitted on). ``force``: replace an ``out`` (or the metrics and
+    picture beside it) that featx did not write; the bundle's files and the features are never
+    replaced.
     """
     start = time.perf_counter()
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -70,9 +81,12 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     folder, scores = Path(folder), Path(cache_dir) / "scores"
     named = Path(b.path or "bundle")
     csv_path = Path(out) if out else scores / result_name(folder, named.name, str(named.resolve()))
-    check_csv_path(csv_path)
-    extracted = update_cache(default_path(dataset.root, model.identity(), runs.placement.dtype, scores),
-                             dataset, model, runs, desc="score")
+    features = default_path(dataset.root, model.identity(), runs.placement.dtype, scores)
+    inputs = [*b.own_files(), features]
+    check_csv_path(csv_path, inputs, force)
+    check_replaceable(metrics_path(csv_path), METRICS_START, inputs, force)
+    check_replaceable(csv_path.with_suffix(".png"), PNG_START, inputs, force)
+    extracted = update_cache(features, dataset, model, runs, desc="score")
     fc = open_cache(extracted.path, identity=b.identity, in_memory=False)
     proba = np.zeros((len(fc.paths), len(b.classes)))
     for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads

@@ -8,8 +8,9 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -130,8 +131,37 @@ def result_name(folder: Path, what: str, key: str) -> str:
     return f"{folder.resolve().name}-{what}-{digest.hexdigest()[:8]}.csv"
 
 
-def check_csv_path(path: Path) -> None:
-    """Refuse, before any image is read, a CSV path that cannot be written."""
+# How an output featx writes begins (its first bytes), so that one found where a run writes can be
+# told from a file featx did not write, which no output replaces without `force`.
+CSV_START = re.compile(rb"path,")  # score's and classify's header
+METRICS_START = re.compile(rb'\{\n "n": ')  # ``evaluation.Tally.result`` as score writes it
+PNG_START = re.compile(rb"\x89PNG\r\n\x1a\n.{0,64}Matplotlib", re.DOTALL)  # its tEXt "Software"
+
+
+def check_replaceable(path: Path, start: re.Pattern[bytes], inputs: Iterable[Path] = (),
+                      force: bool = False) -> None:
+    """Refuse, before any work, an output ``path`` that would replace one of the run's own
+    ``inputs``, or a file featx did not write (one that does not begin as ``start`` says, a
+    link, a device) unless ``force``."""
+    target = path.resolve()
+    for given in inputs:
+        if target == given.resolve():
+            raise ConfigError(f"`out` {path} would replace {given}, which this run reads: choose "
+                              f"another `out`")
+    if force or not os.path.lexists(path):
+        return
+    ours = path.is_file() and not path.is_symlink()
+    if ours:
+        with open(path, "rb") as f:
+            ours = start.match(f.read(256)) is not None
+    if not ours:
+        raise ConfigError(f"{path} is not a file featx wrote, and this run's `out` would replace "
+                          f"it: choose another `out`, or add `force=True` to replace it")
+
+
+def check_csv_path(path: Path, inputs: Iterable[Path] = (), force: bool = False) -> None:
+    """Refuse, before any image is read, a CSV path that cannot be written, or that must not be
+    (``check_replaceable``)."""
     if path.is_dir():
         raise ConfigError(f"`out` {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
     try:
@@ -141,6 +171,7 @@ def check_csv_path(path: Path) -> None:
                           f"`out`") from e
     if not os.access(path.parent, os.W_OK):
         raise ConfigError(f"cannot write to {path.parent} (no permission): choose another `out`")
+    check_replaceable(path, CSV_START, inputs, force)
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.
