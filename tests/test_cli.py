@@ -35,8 +35,9 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     assert "featx: " in err and "16 images" not in err  # log lines go to stderr
 
     code, out, _ = run(capsys, "extract", str(data), *fast)  # tries the skipped file again
-    assert (code, out) == (0, f"skipped val/red/zero.jpg: OSError: empty file (0 bytes)\n"
-                              f"up to date: {cache} (16 images, 1 skipped)\n")
+    assert (code, out.partition("; precision: ")[0]) == (
+        0, f"skipped val/red/zero.jpg: OSError: empty file (0 bytes)\nup to date: {cache} (16 images, "
+           f"1 skipped)")
 
     code, out, _ = run(capsys, "fit-head", cache, "--model", "svm", "-p", "C=0.1")
     bundle = re.search(r"-> (\S+)$", out, re.M).group(1)
@@ -49,11 +50,15 @@ def test_extract_fit_score_end_to_end(capsys, tmp_path):
     assert code == 0
     assert re.fullmatch(r"features: extracted 6 images \(1 skipped\) in [\d.]+ s, [\d.]+ img/s on "
                         r"[\w+]+ -> "
-                        r"cache/scores/val-efficientnet_lite0-avg-\w{10}\.h5", out.splitlines()[1])
-    assert out.splitlines()[2] == "predicted: blue 3, red 3"
+                        r"cache/scores/val-efficientnet_lite0-avg-(bfloat16-)?\w{10}\.h5",
+                        out.splitlines()[1])
+    # scored in the precision the head was fitted on
+    assert re.fullmatch(r"precision: \w+ \(the precision the bundle's head was fitted on\)",
+                        out.splitlines()[2])
+    assert out.splitlines()[3] == "predicted: blue 3, red 3"
     assert re.fullmatch(r"labelled  n=6      accuracy=1.0000 \(95% CI 0.610-1.000\) .* -> "
-                        r"scores.metrics.json", out.splitlines()[3])
-    assert out.splitlines()[4:] == ["skipped red/zero.jpg: OSError: empty file (0 bytes)"]
+                        r"scores.metrics.json", out.splitlines()[4])
+    assert out.splitlines()[5:] == ["skipped red/zero.jpg: OSError: empty file (0 bytes)"]
     assert (tmp_path / "scores.csv").is_file() and (tmp_path / "scores.metrics.json").is_file()
 
     code, out, _ = run(capsys, "score", str(data / "val"), "--model", bundle, *fast[2:],

@@ -36,9 +36,10 @@ TINY = tiny()
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A logistic bundle fitted on random-weight features of reddish and bluish noise."""
+    """A logistic bundle fitted on random-weight features of reddish and bluish noise, in float32
+    as fine-tuning computes on a CPU, so that its epoch 0 has the head's own figures."""
     root = write_folder(tmp_path_factory.mktemp("d") / "colours", {"train": 6, "val": 3, "test": 2})
-    cache = featx.extract(root, out=root.parent / "colours.h5", **FAST).path
+    cache = featx.extract(root, out=root.parent / "colours.h5", dtype="float32", **FAST).path
     return root, featx.fit_head(cache, "logistic").bundle
 
 
