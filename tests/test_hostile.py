@@ -22,7 +22,7 @@ from featx.cache.lock import lock_path
 from featx.cli import main
 from featx.finetuning import checkpoint, loop
 
-from conftest import FAST, QUIET, write_folder
+from conftest import FAST, QUIET, write_folder, write_image
 
 QUICK = ["--workers", "0", "--no-progress", "--weights", "none"]
 # One step an epoch on tiny data, no mixing, the fine-tuned model kept whatever its gain.
@@ -204,3 +204,18 @@ def test_a_cache_reading_another_file_is_refused(tuned, tmp_path, capsys, virtua
     assert err == [f"featx: error: {cache} reads data from other files (/features is {kind}), which no "
                    f"featx cache does: extract it again"]
     assert not (tmp_path / "b").exists()
+
+
+def test_rows_of_predictions_csv_outside_the_data_folder_are_never_read(tuned, tmp_path, monkeypatch):
+    from featx.reporting import report as report_mod
+
+    root, bundle, _ = tuned
+    secret = write_image(tmp_path / "secret.png")
+    opened = []
+    monkeypatch.setattr(report_mod, "load_rgb", lambda p: opened.append(Path(p)) or featx.load_rgb(p))
+    preprocessing = report_mod.Preprocessing.from_dict(featx.load_bundle(bundle).identity.preprocessing)
+    found = report_mod._Images(root, preprocessing)
+    inside = next(p.relative_to(root).as_posix() for p in sorted(root.rglob("*.png")))
+    climbing = os.path.relpath(secret, root)
+    images, kept = found.crops([str(secret), climbing, inside])
+    assert kept == [2] and opened == [root / inside]

@@ -29,7 +29,7 @@ from ..data.folders import SPLITS, Dataset, scan
 from ..data.images import load_rgb
 from ..errors import CacheError, ConfigError, DataError, first_line
 from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
-from ..util.files import check_replaceable, durable_write, metrics_path, uncell
+from ..util.files import check_replaceable, durable_write, inside, metrics_path, uncell
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
@@ -132,11 +132,13 @@ class _Images:
 
     def crops(self, paths: list[str]) -> tuple[list[np.ndarray], list[int]]:
         """The images as the model saw them (resized and centre-cropped), and which of ``paths``
-        could be read; an image gone since is left out."""
+        could be read; an image gone since is left out, and so is a path outside ``root`` (they
+        come from the bundle's predictions.csv, which is data: ``/abs/x.png``, ``../../x.png``)."""
         images, kept = [], []
         for i, p in enumerate(paths):
             try:
-                images.append(self.preprocessing.crop(load_rgb(self.root / p)).permute(1, 2, 0).numpy())
+                image = load_rgb(inside(self.root, p))
+                images.append(self.preprocessing.crop(image).permute(1, 2, 0).numpy())
                 kept.append(i)
             except (OSError, ValueError) as e:
                 log.debug("report: %s left out (%s)", p, e)

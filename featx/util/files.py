@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
 
@@ -22,6 +22,16 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative`` for a path read from a file (a CSV row), refused with ``ValueError``
+    unless it stays under ``root``: relative, and never climbing out by ``..``. Links inside
+    ``root`` are followed, as those of a data folder are."""
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+        raise ValueError(f"{relative!r} is not a path inside {root}")
+    return root.joinpath(*parts)
 
 
 def own_folder(path: Path) -> Path:
