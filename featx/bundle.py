@@ -16,6 +16,7 @@ crash or a full disk leaves the old one, or none, never half of each.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -237,7 +238,8 @@ def backbone_for(bundle: Bundle, weights: str | os.PathLike | None = None) -> Fe
     except WeightsUnavailableError as e:
         raise BundleError(f"{e} (the bundle {bundle.path} needs weights with sha256 "
                           f"{ident.weights_sha256})") from e
-    now = model.identity()
+    # The int8 graph is not the backbone's: scoring finds it (``extraction.int8``).
+    now = dataclasses.replace(model.identity(), quantized=ident.quantized)
     key = ident.mismatch(now)
     if key is not None:
         fix = (f"pass `weights` with the file the bundle was made with "

@@ -15,7 +15,7 @@ from featx.extraction.execution import cpu, exported, quantized
 from featx.extraction.execution.fold import probe_batch
 
 needs_int8 = pytest.mark.skipif(
-    not quantized.int8_supported() or "openvino" not in exported.installed(),
+    not cpu.has_int8_dot() or "openvino" not in exported.installed(),
     reason="int8 needs a CPU with int8 dot products and OpenVINO")
 
 
@@ -48,13 +48,14 @@ def test_int8_features_are_within_its_tolerance_of_eager_and_int8_is_what_runs(t
     graph = exported.export(tiny_net)
     path = quantized.quantize(tiny_net, graph, _images(32, seed=0), key="calibration")
     assert path.parent == graph.parent and path != graph
-    run = quantized.session(path, threads=1)
-    for x in (probe_batch(tiny_net).numpy(), _images(5, seed=1)):
+    run = exported.Exported(tiny_net, "openvino", "int8", path)  # checked on probe_batch
+    assert run.difference < exported.TOLERANCES["int8"]
+    for x in (probe_batch(tiny_net), torch.from_numpy(_images(5, seed=1))):
         with torch.inference_mode():
-            want = tiny_net(torch.from_numpy(x)).numpy()
-        got = run(x)
+            want = tiny_net(x).numpy()
+        got = run(x).numpy()
         assert got.dtype == np.float32 and got.shape == want.shape
-        assert _relative_error(want, got) < quantized.TOLERANCE
+        assert _relative_error(want, got) < exported.TOLERANCES["int8"]
     import onnx
 
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(path)).graph.node}
@@ -91,18 +92,22 @@ def test_a_quantization_that_fails_is_one_line_and_leaves_no_file(tiny_net, monk
 
 
 def test_int8_where_the_cpu_has_no_int8_dot_products_is_one_line_naming_the_cpu(monkeypatch):
-    monkeypatch.setattr(quantized, "int8_supported", lambda: False)
+    monkeypatch.setattr(cpu, "has_int8_dot", lambda: False)
     with pytest.raises(featx.ConfigError, match=r"^`dtype` int8 needs a CPU with int8 dot products "
                                                 r"\(AMX-INT8, AVX-512 VNNI or AVX-VNNI\); this one "
                                                 r"\(.+\) has none: use `dtype` float32$"):
-        quantized.check()
+        featx.place(featx.Runtime(device="cpu"), dtype="int8")
 
 
-def test_int8_without_openvino_is_one_line_naming_the_install(monkeypatch):
-    monkeypatch.setattr(quantized, "int8_supported", lambda: True)
-    monkeypatch.setattr(quantized, "installed", lambda: ["onnxruntime"])
-    with pytest.raises(featx.ConfigError, match=r"^`dtype` int8 runs on OpenVINO: pip install openvino$"):
-        quantized.check()
+def test_int8_without_openvino_or_on_another_runtime_is_one_line(monkeypatch):
+    monkeypatch.setattr(cpu, "has_int8_dot", lambda: True)
+    with pytest.raises(featx.ConfigError, match=r"^`dtype` int8 runs on OpenVINO on a CPU, not "
+                                                r"onnxruntime"):
+        exported.check("onnxruntime", "int8")
+    monkeypatch.setattr(exported, "installed", lambda: ["onnxruntime"])
+    with pytest.raises(featx.ConfigError, match=r"^`dtype` int8 on a CPU runs on OpenVINO: pip "
+                                                r"install openvino$"):
+        exported.check("auto", "int8")
 
 
 @pytest.mark.parametrize("flags, supported", [
@@ -110,4 +115,35 @@ def test_int8_without_openvino_is_one_line_naming_the_install(monkeypatch):
     ({"avx512_vnni"}, True), ({"avx_vnni"}, True), ({"amx_int8", "amx_bf16"}, True)])
 def test_int8_is_supported_where_the_cpu_has_int8_dot_products(monkeypatch, flags, supported):
     monkeypatch.setattr(cpu, "flags", lambda: frozenset(flags))
-    assert quantized.int8_supported() is supported
+    assert cpu.has_int8_dot() is supported
+
+
+@needs_int8
+def test_int8_end_to_end_calibrates_once_and_the_bundle_scores_with_that_graph(tiny_net, tmp_path,
+                                                                                monkeypatch):
+    from conftest import write_folder
+
+    data = write_folder(tmp_path / "colours", {"train": 6, "val": 3})
+    run = featx.Runtime(workers=0, progress=False)
+    first = featx.extract(data, "tiny_int8_net", weights="none", out=tmp_path / "f.h5", dtype="int8",
+                          runtime=run)
+    fc = featx.open_cache(first.path)
+    graph = fc.identity.quantized
+    assert first.execution == "openvino" and graph.startswith("tiny_int8_net-") and "-int8-" in graph
+    ref = featx.extract(data, "tiny_int8_net", weights="none", out=tmp_path / "g.h5",
+                        dtype="float32", runtime=run)
+    assert fc.attrs["config_key"] != featx.open_cache(ref.path).attrs["config_key"]
+    assert _relative_error(featx.open_cache(ref.path).features, fc.features) < exported.TOLERANCES["int8"]
+
+    # Later runs of the cache, and scoring its bundle, use that graph: never quantized again.
+    monkeypatch.setattr(quantized, "_write_quantized", lambda *a: pytest.fail("quantized again"))
+    (data / "train" / "red" / "red0.png").unlink()
+    again = featx.extract(data, "tiny_int8_net", weights="none", out=first.path, dtype="int8", runtime=run)
+    assert not again.up_to_date and featx.open_cache(again.path).identity.quantized == graph
+    bundle = featx.fit_head(again.path, out=tmp_path / "b").bundle
+    b = featx.load_bundle(bundle)
+    assert b.dtype == "int8" and graph in b.files
+    (exported.folder() / graph).unlink()  # the bundle's own copy is what scores
+    r = featx.score(data / "val", bundle, cache_dir=tmp_path / "cache", runtime=run)
+    assert r.features.dtype == "int8" and r.n_scored == 6
+    assert featx.open_cache(r.features.path).identity.quantized == graph

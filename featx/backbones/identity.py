@@ -17,14 +17,15 @@ RANDOM_INIT = "random-init"  # the weights_sha256 of a seeded random initialisat
 # agree with eager torch's to ``execution.fold.TOLERANCE`` (1e-4, relative) shares it. float16:
 # stored in float16 (on a GPU also computed in it), so to float16's rounding. bfloat16: computed
 # in bfloat16 (OpenVINO on a CPU that has it natively, autocast on a GPU), 1e-2 or more from
-# float32 relative to the largest feature.
-DTYPES = ("float32", "float16", "bfloat16")
+# float32 relative to the largest feature. int8: computed by the base quantized to int8 on
+# calibration images (``FeatureIdentity.quantized``), stored as float32.
+DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 
 def storage_dtype(dtype: str) -> str:
     """The HDF5 type features of ``dtype`` are stored as: HDF5 has no bfloat16, and the float32
-    that bfloat16 arithmetic hands back is kept as it is."""
-    return "float32" if dtype == "bfloat16" else dtype
+    that bfloat16 and int8 arithmetic hand back is kept as it is."""
+    return "float32" if dtype in ("bfloat16", "int8") else dtype
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class FeatureIdentity:
     # Module names inside the base, comma-separated, whose pooled outputs the features are;
     # "": the base's own output.
     layers: str = ""
+    # The file name of the int8 graph that computed them (``execution.quantized``), which names
+    # the calibration images too; "": a float precision.
+    quantized: str = ""
 
     def __post_init__(self) -> None:
         # Tuples become lists, as they will be when read back from a cache or bundle.
@@ -66,8 +70,9 @@ class FeatureIdentity:
         """The sha256 that names these features stored as ``dtype``: equal keys, same features.
         (Its recipe is that of every cache written so far, so their keys still match.)"""
         compared = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
-        if not self.layers:  # as it was before features could come from inside the base
-            del compared["layers"]
+        for name in ("layers", "quantized"):  # as it was before these were part of features
+            if not compared[name]:
+                del compared[name]
         return hashlib.sha256(json.dumps({**compared, "dtype": dtype}, sort_keys=True).encode()).hexdigest()
 
     def mismatch(self, other: FeatureIdentity) -> str | None:

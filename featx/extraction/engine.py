@@ -43,6 +43,7 @@ class Placement:
     workers: int | None
     progress: bool
     why_dtype: str = ""  # why ``dtype`` is this one, in a few words (``precision``)
+    quantized: Path | None = None  # for int8, the graph that runs (``extraction.int8``)
 
     def workers_for(self, n_batches: int) -> int:
         # More workers than batches would only start processes that get nothing to do.

@@ -53,7 +53,7 @@ class LocalEngine:
         p = self.placement
         decoding = loader(model, dataset, p, p.decode == "device")
         batches = iter(decoding)  # the workers start decoding while the model is being prepared
-        runner = prepare(model, p.execution, p.device, decoding.batch_size, p.dtype)
+        runner = prepare(model, p.execution, p.device, decoding.batch_size, p.dtype, p.quantized)
 
         def embedded() -> Iterator[BatchOutput]:
             with torch.inference_mode(), p.autocast():

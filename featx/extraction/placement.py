@@ -25,5 +25,7 @@ def place(runtime: Runtime | None = None, engine: str | RayEngine = "local",
     if engine == "local":
         return LocalEngine(placement_on(device_of(runtime), runtime, dtype, why))
     if engine == "ray" or isinstance(engine, RayEngine):
+        if dtype == "int8":  # its graph is calibrated on the run's own images, on this machine
+            raise ConfigError("`dtype` int8 runs on the local engine: leave out `engine`")
         return start(RayEngine() if engine == "ray" else engine, runtime, dtype, why)
     raise ConfigError(f"unknown `engine` {engine!r}: choose one of {', '.join(ENGINES)}")

@@ -7,6 +7,7 @@ rest (``engine.Engine``: this machine's or a Ray pool's), streams them into dura
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ from ..cache.writer import write
 from ..data.folders import Dataset
 from ..errors import CacheError, first_line
 from .engine import BatchOutput, Engine
+from .int8 import quantized_engine
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, engine: 
     identity, data, placement = model.identity(), data_id(dataset.root), engine.placement
     dtype = placement.dtype
     with locked(path), contextlib.ExitStack() as stack:
+        if dtype == "int8":  # the graph is part of what the features are
+            engine, graph = quantized_engine(engine, model, dataset, path, force)
+            identity = dataclasses.replace(identity, quantized=graph)
         old = None if force else previous(path, identity, dtype, data)
         if old is not None:
             stack.callback(old.close)

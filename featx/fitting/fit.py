@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,11 +180,30 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
         predictions = {"val": found.predictions, **predictions}
     history = found.best.history if found else getattr(head, "history_", None)
     plots: list[str] = []
-    bundle.save(path, lambda folder: plots.extend(_pictures(
-        folder, bundle, predictions, found, history, f"{model} on {fc.attrs['backbone']}")))
+    def extra(folder: Path) -> None:
+        _copy_graph(fc, folder)
+        plots.extend(_pictures(folder, bundle, predictions, found, history,
+                               f"{model} on {fc.attrs['backbone']}"))
+
+    bundle.save(path, extra)
     if board is not None:
         board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
+
+
+def _copy_graph(fc: FeatureCache, folder: Path) -> None:
+    """Into the bundle, the int8 graph its head's features came from, so that it scores with
+    that graph on any machine; said in one line where this machine no longer has it."""
+    name = fc.identity.quantized
+    if not name:
+        return
+    from ..extraction.execution.exported import folder as exports  # torch: paid for int8 alone
+
+    try:
+        shutil.copyfile(exports() / name, folder / name)
+    except FileNotFoundError:
+        log.warning("the int8 graph %s that computed %s is not in %s: the bundle scores only where "
+                    "it is", name, fc.path, exports())
 
 
 def _search(model: str, params: dict, fc: FeatureCache, features: np.ndarray | DiskFeatures,

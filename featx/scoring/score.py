@@ -8,6 +8,7 @@ seen.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from ..data.folders import Dataset, scan_unlabelled
 from ..errors import ConfigError
 from ..evaluation import Tally
 from ..extraction.engine import Engine
+from ..extraction.execution import exported
 from ..extraction.placement import place
 from ..extraction.update import ExtractResult, update_cache
 from ..reporting.plots import confusion_matrix_png
@@ -118,16 +120,33 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
 def _placed(b: Bundle, runtime: Runtime | None, engine: str | RayEngine, dtype: str | None) -> Engine:
     """The engine computing features in the precision asked, else in the one ``b``'s head was
     fitted on, refusing in one line where that cannot run here."""
-    if dtype is not None:
+    if dtype is not None and dtype != b.dtype:
         return place(runtime, engine, dtype)
     try:
-        return place(runtime, engine, b.dtype, "the precision the bundle's head was fitted on")
+        runs = place(runtime, engine, b.dtype, "the precision the bundle's head was fitted on")
     except ConfigError as e:
         if b.dtype == "float32":  # what fails is not the precision
             raise
         raise ConfigError(f"{b.path or 'the bundle'}: its head was fitted on {b.dtype} features, "
                           f"which cannot be computed here ({e}); pass `dtype` float32 to score "
                           f"with features of that precision instead") from e
+    if b.identity.quantized:  # the int8 graph the head's features came from, and no other
+        runs = dataclasses.replace(runs, placement=dataclasses.replace(
+            runs.placement, quantized=quantized_graph(b)))
+    return runs
+
+
+def quantized_graph(b: Bundle) -> Path:
+    """The int8 graph ``b``'s head was fitted on: the copy in the bundle, else the one this
+    machine quantized; refused in one line where neither is."""
+    name = b.identity.quantized
+    if b.path is not None and name in b.files:
+        return b.path / name
+    if (exported.folder() / name).is_file():
+        return exported.folder() / name
+    raise ConfigError(f"{b.path or 'the bundle'}: its head was fitted on the features of the int8 "
+                      f"graph {name}, which is neither in the bundle nor in {exported.folder()}: "
+                      f"pass `dtype` float32 to score with float32 features instead")
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],

@@ -34,16 +34,18 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")  # each the ``execution`` and the package that runs it
 # The opset both runtimes' current releases implement in full; part of the graph's key.
 OPSET = 18
-# Largest relative difference from eager float32 features each precision may show. bfloat16
-# keeps 8 bits of mantissa, and Lite0's features measured 2e-2 from float32 ones on OpenVINO;
-# a wrongly exported graph differs by ~1.
-TOLERANCES = {"float32": TOLERANCE, "bfloat16": 0.1}
+# Largest relative difference from eager float32 features each precision may show on
+# ``probe_batch``. bfloat16 keeps 8 bits of mantissa, and Lite0's features measured 2e-2 from
+# float32 ones on OpenVINO. int8: Lite0 with its real weights, calibrated on 300 flowers photos,
+# measured 0.10 (and 0.15-0.32 on held-out photos). A wrongly exported or quantized graph
+# differs by ~1.
+TOLERANCES = {"float32": TOLERANCE, "bfloat16": 0.1, "int8": 0.3}
 
 
 def computed_in(dtype: str) -> str:
     """The precision a CPU runtime computes features of ``dtype`` in: float16 features are
     float32 ones, stored rounded."""
-    return "bfloat16" if dtype == "bfloat16" else "float32"
+    return dtype if dtype in ("bfloat16", "int8") else "float32"
 
 
 class Refused(Exception):
@@ -109,7 +111,9 @@ def _onnxruntime(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray],
 def _openvino(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
-    precision = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    # An int8 graph's own quantized operations run in int8; those left in floating point (the
+    # input's normalisation, additions, pooling) in float32, as bfloat16 there measured no faster.
+    precision = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}[dtype]
     compiled = ov.Core().compile_model(str(path), "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": precision})
@@ -136,27 +140,35 @@ def check(execution: str, dtype: str, device: str = "cpu") -> None:
     if execution in RUNTIMES and execution not in installed():
         raise ConfigError(f"`execution` {execution} needs the {execution} package: "
                           f"pip install {execution}")
-    if dtype != "bfloat16" or device != "cpu":
+    if dtype == "int8" and device != "cpu":
+        raise ConfigError(f"`dtype` int8 runs on a CPU: on {device} leave out `dtype`, or pass "
+                          f"`device` cpu")
+    if dtype not in ("bfloat16", "int8") or device != "cpu":
         return
     if execution not in ("auto", "openvino"):
-        raise ConfigError(f"`dtype` bfloat16 runs on OpenVINO on a CPU, not {execution}: leave out "
+        raise ConfigError(f"`dtype` {dtype} runs on OpenVINO on a CPU, not {execution}: leave out "
                           f"`execution` or pass `execution` openvino")
-    if not cpu.has_native_bf16():
+    if dtype == "bfloat16" and not cpu.has_native_bf16():
         raise ConfigError(f"`dtype` bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
                           f"AMX); this one ({cpu.describe()}) has none: use `dtype` float32")
+    if dtype == "int8" and not cpu.has_int8_dot():
+        raise ConfigError(f"`dtype` int8 needs a CPU with int8 dot products (AMX-INT8, AVX-512 "
+                          f"VNNI or AVX-VNNI); this one ({cpu.describe()}) has none: use `dtype` "
+                          f"float32")
     if "openvino" not in installed():
-        raise ConfigError("`dtype` bfloat16 on a CPU runs on OpenVINO: pip install openvino")
+        raise ConfigError(f"`dtype` {dtype} on a CPU runs on OpenVINO: pip install openvino")
 
 
 class Exported:
-    """``model``'s exported graph in the runtime ``execution``: uint8 images in, features out,
-    like the model itself, for what ``check`` lets through. ``difference``: the largest relative
-    difference of its features from eager ones on ``probe_batch``; raises ``Refused`` above the
-    dtype's tolerance."""
+    """``model``'s exported graph (or ``graph``, that quantized: ``quantized``) in the runtime
+    ``execution``: uint8 images in, features out, like the model itself, for what ``check`` lets
+    through. ``difference``: the largest relative difference of its features from eager ones on
+    ``probe_batch``; raises ``Refused`` above the dtype's tolerance."""
 
-    def __init__(self, model: FeatureExtractor, execution: str, dtype: str = "float32"):
+    def __init__(self, model: FeatureExtractor, execution: str, dtype: str = "float32",
+                 graph: Path | None = None):
         self.execution, precision = execution, computed_in(dtype)
-        path = export(model)
+        path = graph or export(model)
         probe = probe_batch(model)
         try:
             self.session = SESSIONS[execution](path, precision, torch.get_num_threads())

@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -88,17 +89,20 @@ class Race:
 
 
 def prepare(model: FeatureExtractor, execution: str, device: torch.device, batch_size: int,
-            dtype: str = "float32") -> Runner:
+            dtype: str = "float32", quantized: Path | None = None) -> Runner:
     """What runs ``model``'s features on ``device`` for ``execution``; ``model`` itself is left
-    as it is. A runtime refused (an export that fails, features off by more than the tolerance)
-    is said in one line, and the fold runs instead; for bfloat16, which torch cannot run fast on
-    a CPU, that line is the error."""
+    as it is; for int8, the graph ``quantized`` (``quantized.quantize``). A runtime refused (an
+    export that fails, features off by more than the tolerance) is said in one line, and the
+    fold runs instead; for bfloat16 and int8, which torch cannot run fast on a CPU, that line is
+    the error."""
     check(execution, dtype, device.type)
     if device.type == "cpu" and execution in ("auto", *RUNTIMES):
         try:
+            if dtype == "int8":
+                return Exported(model, "openvino", dtype, quantized)
             return _exported(model, execution, dtype, batch_size)
         except Refused as e:
-            if dtype == "bfloat16":  # torch on a CPU has no fast bfloat16 to fall back to
+            if dtype in ("bfloat16", "int8"):  # torch on a CPU has no fast kernels to fall back to
                 raise ConfigError(str(e)) from e
             log.warning("%s: running it in torch instead", e)
     return _torch(model, "fold" if execution in ("auto", *RUNTIMES) else execution, device,
