@@ -6,7 +6,8 @@
 In one run, on the same images, it measures and prints:
   (a) the model-only forward throughput on random uint8 batches: plain torch's eager runs in NCHW
       and channels_last, featx's torch fold, and the exported graph on each installed runtime
-      (ONNX Runtime, OpenVINO; bfloat16 on OpenVINO where the CPU computes it natively). The limit
+      (ONNX Runtime, OpenVINO; bfloat16 on OpenVINO where the CPU computes it natively, and int8
+      where it has int8 dot products, shown beside the rest). The limit
       is the fastest rate at a precision extract's default may use here: float32 on every runtime,
       and bfloat16 where it is native; measured again just before each dataset's (b), for its b/a;
   (b) `featx extract` end to end, from the first file read to the closed HDF5 file;
@@ -95,10 +96,15 @@ def job_forward(backbone: str, weights: str | None, batch_size: int, batches: in
     size = model.preprocessing.crop_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))
+    graph = None
+    if dtype == "int8":  # calibrated on these random images: their ranges change nothing of its speed
+        from featx.extraction.execution import exported, quantized
+
+        graph = quantized.quantize(model, exported.export(model), x.numpy(), key="bench-random")
     if execution == "eager-nchw":
         f = model
     else:
-        f = prepare(model, execution, torch.device("cpu"), batch_size, dtype)
+        f = prepare(model, execution, torch.device("cpu"), batch_size, dtype, graph)
         if f.execution != execution:
             sys.exit(f"bench: {execution} was refused, {f.execution} ran instead")
     with torch.inference_mode():
@@ -330,9 +336,12 @@ def main(argv: list[str] | None = None) -> None:
             runs = {n: run_child("forward", plain=n in PLAIN, **model,
                                  execution=n.removesuffix("-plain"), batches=args.forward_batches)
                     for n in names}
+            # int8 beside them: never the default, so never the limit
+            int8 = "openvino" in runtimes and cpu.has_int8_dot()
+            shown = [*candidates, *[("openvino", "int8")] * int8]
             runs |= {name(r, d): run_child("forward", **model, execution=r, dtype=d,
                                            batches=args.forward_batches)
-                     for r, d in candidates if d != "float32"}
+                     for r, d in shown if d != "float32"}
             fastest = max((name(r, d) for r, d in candidates), key=lambda n: runs[n]["rate"])
             top, eager = runs[fastest]["rate"], runs["eager-plain"]["rate"]
             print("(a) forward, random uint8 batches, img/s: " + ", ".join(

@@ -21,13 +21,12 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ...backbones.extractor import FeatureExtractor
-from ...errors import ConfigError, first_line
+from ...errors import first_line
 from ...util.files import durable_write
 from .exported import Refused
 
