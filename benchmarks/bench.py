@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{data.name:14s} {n:6d} {torch_rate:10.1f} {f'{best} {rate:.1f}':>22s} "
                       f"{rb:12.1f} {rc:11.1f} {rb / rate:5.2f} {rb / rc:5.2f} "
                       f"{size_text(b['peak_bytes']):>11s} {size_text(c['peak_bytes']):>11s}"
-                      f"  (b ran on {b['execution']} in {b['dtype']}; decoding {decode['featx_ms']:.2f} ms of one core "
-                      f"an image, {decode['pil_ms']:.2f} resized by PIL, pixels within "
+                      f"  (b ran on {b['execution']} in {b['dtype']}; decoding {decode['featx_ms']:.2f} "
+                      f"ms of one core an image, {decode['pil_ms']:.2f} resized by PIL, pixels within "
                       f"{decode['max_pixel_difference']})", flush=True)
         if "memory" in sections:
             data = args.data[0]
