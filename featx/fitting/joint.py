@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, log_expit, logsumexp, softmax
+from scipy.special import expit, log_expit, softmax
 from sklearn.base import BaseEstimator
 
 # The largest gradient entry at which a setting counts as solved: scikit-learn's lbfgs default
@@ -50,6 +50,8 @@ ARMIJO = 1e-4
 CURVATURE = 0.25
 # Rows per weight column below which the weights are solved in the principal axes (``Basis``).
 ROTATE_ROWS = 400
+# A setting's longest gradient rows turned back to the features' axes first (``Basis.above``).
+LONGEST = 4
 
 
 @dataclass
@@ -91,6 +93,7 @@ class _Problem:
         self.binary = n_classes == 2
         self.m = 1 if self.binary else n_classes
         self.target = y.astype(np.float64)[:, None] if self.binary else np.eye(n_classes)[y]
+        self.rows, self.y = np.arange(self.n), y
         self.penalty = 1 / (Cs * self.n)  # per setting: the L2 strength of the mean loss
 
     def split(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +111,14 @@ class _Problem:
             z, t = Z[..., 0], self.target
             loss = -(t * log_expit(z) + (1 - t) * log_expit(-z)).mean(0)
             residual = (expit(z) - t)[..., None]
-        else:
-            t = self.target[:, None, :]
-            loss = (logsumexp(Z, axis=2) - (Z * t).sum(2)).mean(0)
-            residual = softmax(Z, axis=2) - t
+        else:  # one exponential for the loss and the residual (SciPy's logsumexp and softmax
+            # took one each, and 3 ms of checks a call on 120 classes)
+            Z -= Z.max(2, keepdims=True)  # the loss is the same, and no exponential overflows
+            residual = np.exp(Z)
+            total = residual.sum(2, keepdims=True)
+            loss = (np.log(total[..., 0]) - Z[self.rows, :, self.y]).mean(0)
+            residual /= total
+            residual -= self.target[:, None, :]
         value = loss + 0.5 * penalty * np.einsum("kij,kij->k", W, W)
         if not grad:
             return value, None
@@ -184,15 +191,16 @@ class Basis:
         it (the largest entry of a vector is not the same in every axes). Rotated gradients are
         turned back only where their lengths cannot tell, as the axes are orthonormal: a row's
         largest entry is at most its length, and at least its length over the root of the
-        features' count (rotating every row took a quarter of a 120-class search)."""
+        features' count; and the longest first, as one row above settles it (rotating every row
+        took a quarter of a 120-class search)."""
         if not self.rotates:
             return np.abs(g).max((1, 2)) > tol
         length = np.sqrt(np.einsum("kij,kij->ki", g, g))
         above = (length > tol * np.sqrt(len(self.axes))).any(1)
-        unsure = np.flatnonzero(~above & (length > tol).any(1))
-        for k in unsure:
-            rows = g[k][length[k] > tol]
-            above[k] = np.abs(rows @ self.axes.T).max() > tol
+        for k in np.flatnonzero(~above & (length > tol).any(1)):
+            order = np.argsort(-length[k])[: np.count_nonzero(length[k] > tol)]
+            above[k] = any(np.abs(g[k][rows] @ self.axes.T).max() > tol
+                           for rows in (order[:LONGEST], order[LONGEST:]) if len(rows))
         return above
 
 
@@ -272,7 +280,9 @@ def _minimise(problem: _Problem, w: np.ndarray, tol: float, max_iter: int, basis
 
     def unsolved(g: np.ndarray) -> np.ndarray:
         gW, gb = problem.split(g)
-        return basis.above(gW, tol) | (np.abs(gb).max(1) > tol)
+        out = np.abs(gb).max(1) > tol
+        out[~out] = basis.above(gW[~out], tol)  # the weights only where the intercepts pass
+        return out
 
     f, g = problem(w, rows)
     S: list[np.ndarray] = []
