@@ -53,10 +53,13 @@ def _recorded(cache: Path) -> Path | None:
 
 def _calibrated(model: FeatureExtractor, dataset: Dataset) -> Path:
     """The base quantized on up to ``CALIBRATION_IMAGES`` of ``dataset``'s images, drawn with a
-    fixed seed, as extraction decodes and crops them; made once for those images."""
-    n = len(dataset.samples)
-    chosen = np.sort(np.random.default_rng(SEED).choice(n, min(n, CALIBRATION_IMAGES), replace=False))
-    files, _ = reader(model, dataset.root, [dataset.samples[i].path for i in chosen], on_device=False)
+    fixed seed from its train/ folder where it has one, as extraction decodes and crops them;
+    made once for those images."""
+    # Ranges of pixels, not labels; still, the images a held-out figure is measured on stay out.
+    train = [s for s in dataset.samples if s.split == "train"] or dataset.samples
+    chosen = np.sort(np.random.default_rng(SEED).choice(len(train), min(len(train), CALIBRATION_IMAGES),
+                                                        replace=False))
+    files, _ = reader(model, dataset.root, [train[i].path for i in chosen], on_device=False)
     read = [(found, digest) for _, found, digest, _ in (files[i] for i in range(len(files)))
             if found is not None]
     if not read:
