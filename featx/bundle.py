@@ -17,10 +17,11 @@ crash or a full disk leaves the old one, or none, never half of each.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import datetime
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,7 @@ class Bundle:
         backbone); it may still change this bundle, as bundle.json is written last.
         """
         path = Path(path)
-        with locked(path, BundleError):
+        with writing(path):
             check_out(path)
             self._write(path, extra)
         self.path = path
@@ -103,6 +104,27 @@ class Bundle:
         except OSError as e:
             raise BundleError(f"cannot write the bundle {path} ({e.strerror or e}): make room, or "
                               f"choose another `out`; {path} is as it was") from e
+
+
+# The bundle folders this process is writing (``writing``), by absolute path.
+_WRITING: set[Path] = set()
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Hold the bundle folder ``path`` for the block: another process writing a bundle there
+    meanwhile is refused in one line (``cache.lock``). Held already (a fine-tune, for its whole
+    run), ``Bundle.save`` writes there without asking again."""
+    held = path.absolute()
+    if held in _WRITING:
+        yield
+        return
+    with locked(path, BundleError):
+        _WRITING.add(held)
+        try:
+            yield
+        finally:
+            _WRITING.discard(held)
 
 
 def check_out(path: Path) -> None:

@@ -40,8 +40,9 @@ _ELONGATED = textwrap.dedent("""
     from featx.data.device_decode import _crop
     from featx.data.images import load_rgb
     root = Path(sys.argv[1])
-    found = featx.extract(root, out=root.parent / "x.h5", weights="none",
-                          runtime=featx.Runtime(workers=0, progress=False))
+    # Eager: an exported runtime's own start-up would be measured too.
+    found = featx.extract(root, out=root.parent / "x.h5", weights="none", dtype="float32",
+                          runtime=featx.Runtime(workers=0, progress=False, execution="eager"))
     assert (found.n_images, found.n_failed) == (2, 0), found
     p = Preprocessing(256, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)
     assert _crop(torch.zeros(3, 1, 12000, dtype=torch.uint8), 1, p).shape == (3, 224, 224)

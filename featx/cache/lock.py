@@ -31,9 +31,9 @@ else:
         return True
 
 
-# The locks this process holds, by descriptor; a forked child (a DataLoader worker) closes its
-# copies (``forget_inherited``).
-_HELD: dict[int, Path] = {}
+# The descriptors of the locks this process holds; a forked child (a DataLoader worker) closes
+# its copies (``forget_inherited``).
+_HELD: set[int] = set()
 
 
 def forget_inherited() -> None:
@@ -70,22 +70,18 @@ def _acquire(lock: Path, path: Path, error: type[FeatxError]) -> int:
 @contextlib.contextmanager
 def locked(path: Path, error: type[FeatxError] = CacheError) -> Iterator[None]:
     """Hold ``PATH.lock`` for the block, or raise ``error`` naming the process that holds it.
-    Within a block that holds it already (a fine-tune, then its bundle's write), it is held still.
 
     The kernel drops an flock when its process dies, even by ``kill -9``, so no lock outlives its
     writer and none has to be cleaned up by hand.
     """
     lock = lock_path(path)
-    if lock.absolute() in _HELD.values():
-        yield
-        return
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(lock, path, error)
     except OSError as e:  # a folder that is a file, or one this user may not write in
         raise error(f"cannot write {e.filename or lock} ({e.strerror or e}): choose another "
                     f"`out`") from e
-    _HELD[fd] = lock.absolute()
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -93,5 +89,5 @@ def locked(path: Path, error: type[FeatxError] = CacheError) -> Iterator[None]:
     finally:
         with contextlib.suppress(PermissionError):  # Windows keeps a file that is open: reused next time
             lock.unlink(missing_ok=True)
-        del _HELD[fd]
+        _HELD.discard(fd)
         os.close(fd)

@@ -25,8 +25,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
-from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle
-from ..cache.lock import locked
+from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle, writing
 from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset, scan
@@ -396,7 +395,7 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
     # One run to a bundle at a time: two would train into one checkpoint, one bundle's history
     # in the other's.
-    with locked(out, BundleError):
+    with writing(out):
         check_out(out)  # before hours of training, not after
         board = Board(tensorboard) if tensorboard is not None else None
         run = _prepare(source, dataset, parts, out, recipe, runtime, resume)
