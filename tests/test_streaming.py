@@ -166,7 +166,7 @@ def test_a_cache_written_from_arrays_reads_back_as_given(tmp_path):
     (dict(labels=[0, 1, 2, 0, 1, 0]), "labels must index the 2 classes, 0 to 1"),
     (dict(splits=["train"] * 5 + ["dev"]),
      r"unknown split\(s\) dev: each row's split is one of train, val, test"),
-    (dict(dtype="float64"), "unknown dtype 'float64': choose one of float32, float16, bfloat16"),
+    (dict(dtype="float64"), "unknown dtype 'float64': choose one of float32, float16, bfloat16, int8"),
 ])
 def test_writing_a_cache_from_arrays_refuses_what_does_not_fit(tmp_path, kwargs, message):
     given = {"features": np.zeros((6, 2), np.float32), "labels": [0, 1] * 3, "classes": ["cat", "dog"],
