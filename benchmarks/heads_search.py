@@ -1,12 +1,14 @@
 """The logistic head's search against one scikit-learn fit, as whole processes, in one run.
 
-    PYTHONPATH=. python benchmarks/heads_search.py [--flowers CACHE] [--sets flowers,many,noisy]
+    PYTHONPATH=. python benchmarks/heads_search.py [--flowers CACHE] [--sets flowers,many,noisy] [--pairs N]
 
 For each cache: `featx fit-head CACHE` with its defaults (the search, the fit on train+val, the
 bundle and its pictures) in a child process, against a child process that reads the same cache
 and fits ONE scikit-learn `StandardScaler` + `LogisticRegression(C=0.1)` on its train rows (what
 fit-head's head is without a search). Both print their held-out validation accuracy; the ratio is
-fit-head's seconds over the script's. The caches:
+fit-head's seconds over the script's, taken pair by pair (``--pairs N``: the two run in turn N
+times, and the median ratio is printed with its range, as a machine shared with other work
+drifts from one run to the next). The caches:
 
 - flowers: flowers128's Lite0 features (`featx extract ../shared/data/flowers128` first; 3,453
   train x 1,280, 5 classes, val held out by fit-head's seeded split);
@@ -86,28 +88,41 @@ def timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t, out.stdout + out.stderr
 
 
-def compare(name: str, cache: Path, out: Path) -> None:
-    featx_s, printed = timed([sys.executable, "-m", "featx", "fit-head", str(cache), "--out", str(out)])
-    script_s, said = timed([sys.executable, "-c", SCRIPT, str(cache)])
+def paired(first: list[str], second: list[str], pairs: int) -> tuple[float, float, str, str, str]:
+    """Both commands run in turn ``pairs`` times: the median seconds of each, what each printed
+    last, and the ratios of the pairs (median, then the range where there are several)."""
+    runs = [(timed(first), timed(second)) for _ in range(pairs)]
+    ratios = sorted(a[0] / b[0] for a, b in runs)
+    said = f"{np.median(ratios):.2f}" + (f" ({ratios[0]:.2f}-{ratios[-1]:.2f} over {pairs} pairs)"
+                                         if pairs > 1 else "")
+    return (float(np.median([a[0] for a, _ in runs])), float(np.median([b[0] for _, b in runs])),
+            runs[-1][0][1], runs[-1][1][1], said)
+
+
+def compare(name: str, cache: Path, out: Path, pairs: int) -> None:
+    featx_s, script_s, printed, said, ratio = paired(
+        [sys.executable, "-m", "featx", "fit-head", str(cache), "--out", str(out)],
+        [sys.executable, "-c", SCRIPT, str(cache)], pairs)
     val = re.search(r"^val\s+n=\d+\s+accuracy=([\d.]+)", printed, re.M).group(1)
     together = re.search(r"search logistic: (.*) settings of C trained together in ([\d.]+) s", printed)
     chosen = re.search(r"chosen on val: (\S+);", printed)
     print(f"{name:8s} fit-head {featx_s:6.1f} s (val {val}; {together.group(1)} settings together in "
           f"{together.group(2)} s; {chosen.group(1)})  |  one scikit-learn fit, C=0.1: {script_s:6.1f} s "
-          f"(val {float(said.split()[-1]):.4f})  |  ratio {featx_s / script_s:.2f}")
+          f"(val {float(said.split()[-1]):.4f})  |  ratio {ratio}")
 
 
-def streamed(name: str, cache: Path, out: Path) -> None:
-    featx_s, printed = timed([sys.executable, "-m", "featx", "fit-head", str(cache), "--out", str(out)])
-    linear_s, said = timed([sys.executable, "-m", "featx", "fit-head", str(cache), "--model", "linear",
-                            "--out", str(out.with_suffix(".linear"))])
+def streamed(name: str, cache: Path, out: Path, pairs: int) -> None:
+    featx_s, linear_s, printed, said, ratio = paired(
+        [sys.executable, "-m", "featx", "fit-head", str(cache), "--out", str(out)],
+        [sys.executable, "-m", "featx", "fit-head", str(cache), "--model", "linear", "--out",
+         str(out.with_suffix(".linear"))], pairs)
     val = re.search(r"^val\s+n=\d+\s+accuracy=([\d.]+)", printed, re.M).group(1)
     linear_val = re.search(r"^val\s+n=\d+\s+accuracy=([\d.]+)", said, re.M).group(1)
     together = re.search(r"search logistic: (\d+) settings of C trained together on streamed features "
                          r"in ([\d.]+) s", printed)
     print(f"{name:8s} fit-head {featx_s:6.1f} s (val {val}; {together.group(1)} settings together, "
           f"streamed, in {together.group(2)} s)  |  today's default streamed fit, --model linear: "
-          f"{linear_s:6.1f} s (val {linear_val})  |  ratio {featx_s / linear_s:.2f}")
+          f"{linear_s:6.1f} s (val {linear_val})  |  ratio {ratio}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--flowers", type=Path, default=None,
                    help="flowers128's Lite0 cache (default: the one under cache/)")
     p.add_argument("--sets", default="flowers,many,noisy,streamed")
+    p.add_argument("--pairs", type=int, default=1, help="times each pair runs, in turn (default 1)")
     args = p.parse_args(argv)
     flowers = args.flowers or next(Path("cache").glob("flowers128-efficientnet_lite0-avg-*.h5"), None)
     with tempfile.TemporaryDirectory(prefix="featx-heads-search-") as tmp:
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             cache = caches[name]()
             if cache is None:
                 raise SystemExit("no flowers128 cache: run `featx extract ../shared/data/flowers128`")
-            (streamed if name == "streamed" else compare)(name, cache, tmp / f"{name}.logistic")
+            (streamed if name == "streamed" else compare)(name, cache, tmp / f"{name}.logistic",
+                                                          args.pairs)
 
 
 if __name__ == "__main__":
