@@ -180,15 +180,19 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
         predictions = {"val": found.predictions, **predictions}
     history = found.best.history if found else getattr(head, "history_", None)
     plots: list[str] = []
-    def extra(folder: Path) -> None:
-        _copy_graph(fc, folder)
-        plots.extend(_pictures(folder, bundle, predictions, found, history,
-                               f"{model} on {fc.attrs['backbone']}"))
-
-    bundle.save(path, extra)
+    bundle.save(path, lambda folder: plots.extend(_files(folder, fc, bundle, predictions, found, history)))
     if board is not None:
         board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
+
+
+def _files(folder: Path, fc: FeatureCache, bundle: Bundle, predictions: dict,
+           found: SearchResult | None, history: list | None) -> list[str]:
+    """The bundle's files besides its head: pictures and held-out predictions, and for int8
+    features the graph that computed them; returns the pictures' names."""
+    _copy_graph(fc, folder)
+    return _pictures(folder, bundle, predictions, found, history,
+                     f"{bundle.model} on {fc.attrs['backbone']}")
 
 
 def _copy_graph(fc: FeatureCache, folder: Path) -> None:
