@@ -97,6 +97,7 @@ def test_info_tells_what_a_cache_and_a_bundle_hold(fitted, finetuned, capsys):
     text = summary(featx.info(bundle))
     assert "logistic (C=" in text and "fitted on train+val" in text and "settings tried on val" in text
     assert re.search(r"parameters\s+1,281 trainable, 3,371,008 frozen", text)  # 1280 features + bias
+    assert re.search(r"precision\s+(float32|bfloat16)\n", text)  # what score computes again
     assert re.search(r"val\s+n=6 ", text)
     text = summary(featx.info(finetuned))
     assert "fine-tuned" in text and "top:1 unfrozen" in text

@@ -108,7 +108,7 @@ def probe(model: str, fixed: dict, features: np.ndarray, labels: np.ndarray, tra
             around = [{**best.params, refine: centre * f} for f in (1 / factor, factor)]
             best = max([best, *attempt(around)], key=lambda t: t.rank)
     if rounds is not None:
-        log.info("search logistic: %s settings of C trained together in %.1f s", rounds.said(),
+        log.info("search logistic: %s settings of C trained together in %.2f s", rounds.said(),
                  rounds.seconds)
     trials = sorted((t for t, _ in tried.values()), key=lambda t: tuple(t.params.values()))
     proba = next(p for t, p in tried.values() if t is best)

@@ -108,7 +108,8 @@ def bundle_info(b: Bundle) -> Info:
              ("made", f"featx {made.get('featx_version', '?')}, {made.get('created', '?')}"),
              ("head", f"{b.model} ({params}), fitted on {i.get('fitted_on', 'train')}"),
              ("parameters", f"{trainable:,} trainable, {frozen:,} frozen"),
-             ("classes", ", ".join(b.classes)), *identity_facts(b.identity)]
+             ("classes", ", ".join(b.classes)), *identity_facts(b.identity),
+             ("precision", b.dtype + (f", the graph {b.identity.quantized}" if b.identity.quantized else ""))]
     if "search" in i:
         chosen = ", ".join(f"{k}={v:g}" for k, v in i["search"]["chosen"].items())
         facts.append(("search", f"{len(i['search']['trials'])} settings tried on val, chosen {chosen}"))
