@@ -230,7 +230,7 @@ def test_a_cpu_extracts_in_bfloat16_by_default_only_where_it_computes_it_nativel
     placement = featx.place(featx.Runtime(device="cpu", execution=execution)).placement
     assert placement.dtype == want
     # why, in words that name what to change where float32 is not the CPU's own choice
-    assert ("opts out" in placement.why_dtype) == (want == "bfloat16")
+    assert ("computes it natively" in placement.why_dtype) == (want == "bfloat16")
     if native and want == "float32":
         assert "openvino" in placement.why_dtype.lower() or execution in placement.why_dtype
     assert featx.place(featx.Runtime(device="cpu", execution=execution), dtype="float32"

@@ -73,7 +73,7 @@ class Engine(Protocol):
         ...
 
 
-ON_GPU = "the GPU's fast mixed precision; `dtype` float32 opts out"  # why a GPU's default is its own
+ON_GPU = "the GPU's fast mixed precision"  # why a GPU's default is its own
 
 
 def gpu_dtype(device: torch.device) -> str:
@@ -103,7 +103,7 @@ def precision(device: torch.device, execution: str, dtype: str | None = None, wh
     if "openvino" not in exported.installed():
         return "float32", ("this CPU computes bfloat16 natively, but OpenVINO, which runs it, is "
                            "not installed: pip install openvino")
-    return "bfloat16", "this CPU computes it natively, on OpenVINO; `dtype` float32 opts out"
+    return "bfloat16", "this CPU computes it natively, on OpenVINO"
 
 
 def autocast_for(device: torch.device, dtype: str | None = None) -> contextlib.AbstractContextManager:
