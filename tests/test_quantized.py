@@ -147,3 +147,22 @@ def test_int8_end_to_end_calibrates_once_and_the_bundle_scores_with_that_graph(t
     r = featx.score(data / "val", bundle, cache_dir=tmp_path / "cache", runtime=run)
     assert r.features.dtype == "int8" and r.n_scored == 6
     assert featx.open_cache(r.features.path).identity.quantized == graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_each_precision_stays_within_its_recorded_tolerance_of_eager(tiny_net, dtype):
+    try:
+        exported.check("openvino", dtype)
+    except featx.ConfigError as e:
+        pytest.skip(str(e))
+    graph = None
+    if dtype == "int8":
+        graph = quantized.quantize(tiny_net, exported.export(tiny_net), _images(32, seed=0), key="k")
+    run = exported.Exported(tiny_net, "openvino", dtype, graph)
+    x = torch.from_numpy(_images(8, seed=3))
+    with torch.inference_mode():
+        want = tiny_net(x).numpy()
+    assert _relative_error(want, run(x).numpy()) < exported.TOLERANCES[dtype]
+    # what was measured on the probe is noted beside the graph it ran
+    noted = exported.read_notes(graph or exported.export(tiny_net))["differences"]
+    assert noted[f"openvino/{exported.computed_in(dtype)}"] == run.difference
