@@ -4,6 +4,7 @@
     featx.fit_head(CACHE, "logistic") -> FitResult (model bundle)
     featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
+    featx.export(BUNDLE)             -> ExportResult (one ONNX model: images to probabilities)
     featx.check(DATA)                -> CheckReport (unreadable files, duplicates, leakage)
     featx.classify(FOLDER)           -> ClassifyResult (the backbone's own ImageNet labels)
     featx.info(CACHE or BUNDLE)      -> Info (what it holds)
@@ -32,6 +33,7 @@ _API = {
     "fit_head": "fitting.fit", "FitResult": "fitting.fit",
     "finetune": "finetuning.run", "FinetuneResult": "finetuning.run", "Recipe": "finetuning.recipe",
     "score": "scoring.score", "ScoreResult": "scoring.score",
+    "export": "scoring.export", "ExportResult": "scoring.export",
     "check": "data.check", "CheckReport": "data.check",
     "classify": "scoring.classify", "ClassifyResult": "scoring.classify",
     "info": "reporting.info", "Info": "reporting.info",

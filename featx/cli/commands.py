@@ -59,7 +59,7 @@ def _extract(args: argparse.Namespace) -> None:
                 out=args.out, dtype=args.dtype, force=args.force, runtime=runtime_of(args),
                 layers=tuple(args.layer), engine=engine_of(args))
     for path, err in r.failed:
-        print(f"skipped {path}: {err}")
+        print(text.skipped(path, err))
     _say(args, text.extracted(r))
 
 
@@ -86,6 +86,12 @@ def _score(args: argparse.Namespace) -> None:
     r = score(args.folder, args.model, out=args.out, weights=args.weights, runtime=runtime_of(args),
               engine=engine_of(args), dtype=args.dtype, force=args.force)
     _say(args, text.scored(r))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ..scoring.export import export
+
+    _say(args, text.exported(export(args.bundle, out=args.out, weights=args.weights, force=args.force)))
 
 
 def _classify(args: argparse.Namespace) -> None:
@@ -117,7 +123,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {"backbones": lambda args: _backbones(args.name, args.layers), "check": _check,
             "extract": _extract, "fit-head": _fit_head, "finetune": _finetune, "score": _score,
-            "classify": _classify, "info": _info, "report": _report, "demo": _demo}
+            "export": _export, "classify": _classify, "info": _info, "report": _report, "demo": _demo}
 
 # Library parameters the command line names otherwise: the parameter -> its options' dests.
 _DESTS = {"bundle": ("source", "model"), "layers": ("layer",), "params": ("param",)}

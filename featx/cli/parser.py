@@ -24,6 +24,7 @@ EXAMPLES = {
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
     "finetune": "featx finetune data/pets --from cache/pets-efficientnet_lite0-avg-0123456789.logistic",
     "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
+    "export": "featx export cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
     "classify": "featx classify data/hymenoptera/val --top 3",
     "info": "featx info cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
     "report": "featx report cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
@@ -157,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the features' precision (default: the one the bundle's head was fitted on)")
     add_runtime(p)
     add_engine(p)
+
+    p = command("export", "a bundle as one ONNX model, uint8 images to class probabilities, for use "
+                          "without featx or torch (onnxruntime, numpy and Pillow)")
+    p.add_argument("bundle", help="the bundle folder `featx fit-head` or `featx finetune` wrote")
+    p.add_argument("--out", default=None, help="the .onnx file (default BUNDLE.onnx, beside the bundle)")
+    p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
+    p.add_argument("--force", action="store_true", help="replace an --out file that is no ONNX model "
+                                                        "torch wrote")
 
     p = command("classify", "a sanity check of a backbone: every image under a folder through its "
                             "own ImageNet classifier; its top labels shown and written to a CSV")

@@ -22,10 +22,20 @@ if TYPE_CHECKING:
     from ..reporting.info import Info
     from ..reporting.report import ReportResult
     from ..scoring.classify import ClassifyResult
+    from ..scoring.export import ExportResult
     from ..scoring.score import ScoreResult
 
 # Lines of images ``classified`` shows; the CSV has every one.
 SHOWN = 50
+# What a terminal acts on rather than shows: a newline that starts a line of its own, \r that
+# writes over one, ESC that starts a colour or cursor sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(text) -> str:
+    """Text from a file (a file name, a class, an attribute, an error about either) as one
+    line shows it: each control character escaped, as Python writes it (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def metrics_line(split: str, m: dict) -> str:
@@ -36,17 +46,22 @@ def metrics_line(split: str, m: dict) -> str:
     extra = "".join(f"  {label}={m[key]:.4f}" for key, label in
                     (("balanced_accuracy", "balanced"), ("loss", "loss"),
                      (top, top and top.removesuffix("_accuracy")), ("roc_auc", "auc")) if key in m)
-    return f"{split:9s} n={m['n']:<6d} accuracy={m['accuracy']:.4f} {ci}{extra.lstrip()}"
+    return f"{plain(split):9s} n={m['n']:<6d} accuracy={m['accuracy']:.4f} {ci}{extra.lstrip()}"
+
+
+def skipped(path, why) -> str:
+    """The line of an image that could not be read."""
+    return f"skipped {plain(path)}: {plain(why)}"
 
 
 def extracted(r: ExtractResult) -> str:
     precision = f"precision: {r.dtype} ({r.why_dtype})"
     if r.up_to_date:
-        return f"up to date: {r.path} ({r.n_images} images, {r.n_failed} skipped); {precision}"
+        return f"up to date: {plain(r.path)} ({r.n_images} images, {r.n_failed} skipped); {precision}"
     reused = f", reused {r.n_reused}" if r.n_reused else ""
     rate = f", {r.images_per_second:.1f} img/s on {r.execution}" if r.n_extracted else ""
     return (f"extracted {r.n_extracted} images{reused} ({r.n_failed} skipped) in "
-            f"{r.seconds:.1f} s{rate} -> {r.path}\n{precision}")
+            f"{r.seconds:.1f} s{rate} -> {plain(r.path)}\n{precision}")
 
 
 def search_table(found: SearchResult) -> str:
@@ -68,7 +83,7 @@ def fitted(r: FitResult) -> str:
         lines.append(f"chosen on val: {chosen}; " + (
             "then fitted on train+val (val figures are the chosen setting's, fitted on train alone)"
             if "train+val" in r.metrics else "kept as the search trained it, on train alone"))
-    return "\n".join([*lines, f"fitted in {r.seconds:.1f} s -> {r.bundle}"])
+    return "\n".join([*lines, f"fitted in {r.seconds:.1f} s -> {plain(r.bundle)}"])
 
 
 def _cell(v, fmt: str) -> str:
@@ -108,18 +123,18 @@ def finetuned(r: FinetuneResult) -> str:
         lines.append(metrics_line("test", r.metrics["test"]))
     if r.verdict.kept == "head" and r.finetuned_test:
         lines.append(metrics_line("test", r.finetuned_test) + "  (the fine-tuned model, not kept)")
-    return "\n".join([*lines, f"fine-tuned in {r.seconds:.0f} s -> {r.bundle}"])
+    return "\n".join([*lines, f"fine-tuned in {r.seconds:.0f} s -> {plain(r.bundle)}"])
 
 
 def scored(r: ScoreResult) -> str:
     rate = (r.n_scored + r.n_failed) / r.seconds if r.seconds else 0.0
     lines = [f"scored {r.n_scored} images ({r.n_failed} skipped) in {r.seconds:.1f} s, "
-             f"{rate:.1f} img/s -> {r.csv}",
+             f"{rate:.1f} img/s -> {plain(r.csv)}",
              *([f"features: {extracted(r.features)}"] if r.features else []),
-             "predicted: " + ", ".join(f"{c} {n}" for c, n in r.predicted.items())]
+             "predicted: " + ", ".join(f"{plain(c)} {n}" for c, n in r.predicted.items())]
     if r.metrics:
-        lines.append(metrics_line("labelled", r.metrics) + f" -> {metrics_path(r.csv)}")
-    lines += [f"skipped {path}: {err}" for path, err in r.failed]
+        lines.append(metrics_line("labelled", r.metrics) + f" -> {plain(metrics_path(r.csv))}")
+    lines += [skipped(path, err) for path, err in r.failed]
     return "\n".join(lines)
 
 
@@ -129,13 +144,18 @@ def _capped(lines: list[str], limit: int) -> list[str]:
     return [*lines[:limit], f"... {len(lines) - limit} more in the CSV"]
 
 
+def exported(r: ExportResult) -> str:
+    return (f"exported {len(r.classes)} classes in {r.seconds:.1f} s -> {r.path} (probabilities within "
+            f"{r.difference:.1e} of the bundle's head on a fixed batch)")
+
+
 def classified(r: ClassifyResult, limit: int = SHOWN) -> str:
-    lines = _capped([f"{path}: " + ", ".join(f"{label} {p:.2f}" for label, p in top)
+    lines = _capped([f"{plain(path)}: " + ", ".join(f"{plain(label)} {p:.2f}" for label, p in top)
                      for path, top in r.rows], limit)
-    lines += _capped([f"skipped {path}: {why}" for path, why in r.failed], limit)
+    lines += _capped([skipped(path, why) for path, why in r.failed], limit)
     # Last, so that it stays on screen below the per-image lines.
     lines.append(f"classified {len(r.rows)} images ({r.n_failed} skipped) with {r.backbone}'s "
-                 f"ImageNet head in {r.seconds:.1f} s -> {r.csv}")
+                 f"ImageNet head in {r.seconds:.1f} s -> {plain(r.csv)}")
     return "\n".join(lines)
 
 
@@ -143,7 +163,7 @@ def _where(r: CheckReport, group: list[Sample]) -> str:
     splits = [s for s in SPLITS if s in {x.split for x in group}]
     labels = sorted({s.label for s in group})
     notes = ([f"{' and '.join(splits)}: leakage"] if len(splits) > 1 else []) + \
-        ([f"labelled {' and '.join(r.classes[i] for i in labels)}"] if len(labels) > 1 else [])
+        ([f"labelled {' and '.join(plain(r.classes[i]) for i in labels)}"] if len(labels) > 1 else [])
     return f"  ({'; '.join(notes)})" if notes else ""
 
 
@@ -152,15 +172,15 @@ def checked(r: CheckReport) -> str:
     lines = [f"checked {n} images in {len(r.classes)} classes (" +
              ", ".join(f"{k} {v}" for k, v in r.split_counts.items()) + f") in {r.seconds:.1f} s"]
     if len(r.classes) == 1:
-        lines.append(f"only one class, {r.classes[0]}: fit-head needs two or more")
+        lines.append(f"only one class, {plain(r.classes[0])}: fit-head needs two or more")
     for what, found in (("would be skipped", r.skipped), ("passed over", r.ignored)):
         if found:
             lines.append(f"{len(found)} {what}:")
-            lines += [f"  {path}: {why}" for path, why in found]
+            lines += [f"  {plain(path)}: {plain(why)}" for path, why in found]
     if r.duplicates:
         lines.append(f"duplicates, the same bytes under other names: {len(r.duplicates)} "
                      f"group(s), {len(r.leaks)} across splits:")
-        lines += ["  " + " = ".join(s.path.as_posix() for s in g) + _where(r, g) for g in r.duplicates]
+        lines += ["  " + " = ".join(plain(s.path.as_posix()) for s in g) + _where(r, g) for g in r.duplicates]
     if len(lines) == 1:
         lines.append("every image can be read; no duplicates")
     return "\n".join(lines)
@@ -168,27 +188,27 @@ def checked(r: CheckReport) -> str:
 
 def described(r: Info) -> str:
     width = max(len(k) for k, _ in r.facts)
-    lines = [f"{k:{width}s}  {v}" for k, v in r.facts]
+    lines = [f"{k:{width}s}  {plain(v)}" for k, v in r.facts]
     if r.counts:
         splits = [s for s in (*SPLITS, UNSPLIT) if any(s in c for c in r.counts.values())]
-        name = max(len(c) for c in [*r.counts, "class"])
+        name = max(len(plain(c)) for c in [*r.counts, "class"])
         lines.append("")
         lines.append(f"{'class':{name}s} " + " ".join(f"{s:>7s}" for s in splits))
-        lines += [f"{c:{name}s} " + " ".join(f"{n.get(s, 0):7d}" for s in splits)
+        lines += [f"{plain(c):{name}s} " + " ".join(f"{n.get(s, 0):7d}" for s in splits)
                   for c, n in r.counts.items()]
     if r.metrics:
         lines.append("")
         lines += [metrics_line(split, m) for split, m in r.metrics.items()]
     if r.skipped:
         lines.append(f"\n{len(r.skipped)} image(s) skipped as unreadable:")
-        lines += [f"  {p}: {why}" for p, why in r.skipped]
+        lines += [f"  {plain(p)}: {plain(why)}" for p, why in r.skipped]
     return "\n".join(lines)
 
 
 def reported(r: ReportResult) -> str:
     lines = [f"report with {len(r.sections)} sections and {r.pictures} pictures in "
-             f"{r.seconds:.1f} s -> {r.path}"]
-    return "\n".join(lines + [f"  {n}" for n in r.notes])
+             f"{r.seconds:.1f} s -> {plain(r.path)}"]
+    return "\n".join(lines + [f"  {plain(n)}" for n in r.notes])
 
 
 def demonstrated(r: DemoResult) -> str:
@@ -198,7 +218,7 @@ def demonstrated(r: DemoResult) -> str:
 
 
 _BY_RESULT = {"ExtractResult": extracted, "FitResult": fitted, "FinetuneResult": finetuned,
-              "ScoreResult": scored, "ClassifyResult": classified, "CheckReport": checked,
+              "ScoreResult": scored, "ExportResult": exported, "ClassifyResult": classified, "CheckReport": checked,
               "Info": described, "ReportResult": reported, "DemoResult": demonstrated}
 
 

@@ -67,29 +67,39 @@ def export(model: FeatureExtractor) -> Path:
     path = graph_path(model)
     if path.is_file():
         return path
+    log.info("%s: exporting the frozen base to ONNX, once for these weights, to %s",
+             model.spec.name, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_graph(model, path)
+        write_graph(model, probe_batch(model), path, "features", model.spec.name)
     except OSError as e:  # a read-only or full TORCH_HOME: torch still runs the model
         raise Refused(f"cannot write {e.filename or path} ({e.strerror or e}): set TORCH_HOME to a "
                       f"folder featx may write, to export {model.spec.name}") from e
     return path
 
 
-def _write_graph(model: FeatureExtractor, path: Path) -> None:
-    log.info("%s: exporting the frozen base to ONNX, once for these weights, to %s",
-             model.spec.name, path)
+def write_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, output: str,
+                name: str, metadata: dict[str, str] | None = None) -> None:
+    """``module`` (uint8 images in, as ``example``) as an ONNX graph at ``path``, written
+    crash-safe, its batch dynamic, its output named ``output`` and ``metadata`` its
+    ``metadata_props``; raises ``Refused`` naming ``name`` where the exporter cannot trace it."""
     # A temporary name of this process's own, so two runs exporting at once never share one.
     with durable_write(path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp, \
             warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         # The exporter reports each of its steps on stdout and warns about shapes it has fixed.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (probe_batch(model),), tmp, dynamo=True, opset_version=OPSET,
-                              input_names=["images"], output_names=["features"], external_data=False,
+            torch.onnx.export(module, (example,), tmp, dynamo=True, opset_version=OPSET,
+                              input_names=["images"], output_names=[output], external_data=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         except Exception as e:  # whatever the exporter cannot trace, the model still runs in torch
-            raise Refused(f"{model.spec.name} cannot be exported to ONNX ({_first_line(e)})") from e
+            raise Refused(f"{name} cannot be exported to ONNX ({_first_line(e)})") from e
+        if metadata:
+            import onnx
+
+            graph = onnx.load(str(tmp))
+            onnx.helper.set_model_props(graph, metadata)
+            onnx.save(graph, str(tmp))
 
 
 def _first_line(e: Exception) -> str:
