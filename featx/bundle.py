@@ -16,8 +16,8 @@ crash or a full disk leaves the old one, or none, never half of each.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .backbones.identity import DTYPES, RANDOM_INIT, FeatureIdentity
+from .backbones.identity import DTYPES, IDENTITY, RANDOM_INIT, FeatureIdentity
 from .cache.lock import locked
+from .data.augmentation import AUGMENTATIONS
 from .errors import BundleError, WeightsUnavailableError
-from .heads.registry import class_proba
+from .evaluation import METRICS
+from .heads.registry import HEADS, class_proba
 from .heads.storage import load_head, save_head
-from .util.files import durable_write, folder_write, sha256_file
+from .util.files import durable_write, folder_write, sha256_file, size_text
+from .util.schema import Int, Invalid, Items, Nullable, Num, Record, Text, check, fits, load_json, shown
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -47,6 +50,47 @@ BUNDLE_FILE = "bundle.json"
 _PATHS = ("cache", "finetuned_from", "data")
 _KNOWN = ("format_version", "featx_version", "created", "backbone", "dtype", "classes", "head",
           "metrics", "files")
+
+
+# What bundle.json may hold, every field any featx reads (``load_bundle``, ``info``, ``report``,
+# ``finetune``): a bundle from elsewhere is refused in one line naming the first field that is not
+# as featx writes it, rather than failing wherever it is first used. Figures only shown may be
+# NaN (a diverged trial's loss); what is computed with may not.
+_SHARE, _SHOWN, _COUNT, _SEED = Num(0, 1, finite=False), Num(finite=False), Int(), Int(0, 2**63 - 1)
+_MODEL = Text(choices=tuple(HEADS))
+_SETTINGS = Record({"unfreeze": Text(), "epochs": Int(1), "batch_size": Int(1), "lr": Num(0),
+                    "augment": Items(Text(choices=AUGMENTATIONS)), "seed": _SEED})
+_VERDICT = Record({"kept": Text(choices=("head", "finetuned")), "n": _COUNT, "epoch": _COUNT,
+                   **{k: _SHOWN for k in ("before", "after", "gain", "low", "high", "alpha")}},
+                  required=("kept", "n", "before", "after", "gain", "low", "high"))
+_TRIAL = Record({"params": Record(other=Num()), "val_accuracy": _SHARE, "val_loss": _SHOWN,
+                 "seconds": _SHOWN}, required=("params", "val_accuracy", "val_loss", "seconds"))
+_SCHEMA = Record({
+    "format_version": Int(), "featx_version": Text(), "created": Text(), "backbone": IDENTITY,
+    "dtype": Text(choices=DTYPES), "classes": Items(Text(1), most=1 << 20),
+    "head": Record({"model": _MODEL, "file": Text(1, name=True)},
+                   required=("model", "file")),
+    "metrics": Record(other=METRICS),
+    "files": Record(other=Record({"size": _COUNT, "sha256": Text()}, required=("size", "sha256"))),
+    **{k: Text() for k in (*_PATHS, "split_sha256", "fitted_on", "history")},
+    "params": Record(), "val_split": Nullable(Num(0, 1)), "seed": _SEED,
+    "timings": Record(other=_SHOWN), "trainable": _COUNT, "frozen": _COUNT, "best_epoch": _COUNT,
+    "search": Record({"trials": Items(_TRIAL), "chosen": Record(other=Num())}, required=("trials", "chosen")),
+    "settings": _SETTINGS, "verdict": _VERDICT, "head_val_accuracy": _SHARE, "finetuned_test": METRICS,
+    "mixing": Items(Record({"alpha": _SHOWN, "val_accuracy": _SHARE, "val_loss": _SHOWN}))})
+MAX_DOC = 256 << 20  # bytes of bundle.json: a thousand classes' confusion matrices take tens of MB
+
+
+def _check_doc(doc: dict) -> None:
+    """``doc`` is as featx writes it (``_SCHEMA``), its parts agreeing with each other; raises
+    ``Invalid`` naming the first field that is not."""
+    check(doc, _SCHEMA)
+    if len(set(doc["classes"])) < len(doc["classes"]):
+        raise Invalid("classes", "names a class twice")
+    chosen = doc.get("search", {}).get("chosen", {})
+    for i, trial in enumerate(doc.get("search", {}).get("trials", [])):
+        if set(trial["params"]) != set(chosen):
+            raise Invalid(f"search.trials[{i}].params", "has other parameters than search.chosen")
 
 
 @dataclass
@@ -177,7 +221,10 @@ def _read_doc(path: Path) -> dict:
         raise BundleError(f"{path} is not a featx model bundle (no {BUNDLE_FILE}): give the folder "
                           f"that `featx fit-head` printed")
     try:
-        doc = json.loads(meta_file.read_text())
+        if meta_file.stat().st_size > MAX_DOC:
+            raise Invalid("", f"is {size_text(meta_file.stat().st_size)}, more than a bundle.json "
+                              f"takes ({size_text(MAX_DOC)})")
+        doc = load_json(meta_file.read_text())
     except (OSError, ValueError) as e:
         raise BundleError(f"cannot read {meta_file} ({e}): fit the head again") from e
     if not isinstance(doc, dict):
@@ -185,19 +232,25 @@ def _read_doc(path: Path) -> dict:
                           f"head again")
     version = doc.get("format_version")
     if version == 1 or (version is None and (path / "head.joblib").exists()):
-        cache = doc.get("cache", "CACHE.h5")
-        model = (doc.get("head") or {}).get("model", "logistic")
+        # Shown in the command to run, so only as a name featx would have written.
+        cache = doc["cache"] if fits(doc.get("cache"), Text(1, 4096)) else "CACHE.h5"
+        head = doc.get("head")
+        model = head["model"] if isinstance(head, dict) and fits(head.get("model"), _MODEL) else "logistic"
         raise BundleError(
             f"{path} is a bundle of an older featx whose head is a pickle, which can run any code "
             f"when loaded, so featx no longer reads it: fit the head again (seconds, from the "
             f"cached features): featx fit-head {cache} --model {model} --out {path}")
     if version != FORMAT_VERSION:
-        raise BundleError(f"{meta_file} has bundle format {version}, this featx reads "
+        raise BundleError(f"{meta_file} has bundle format {shown(version)}, this featx reads "
                           f"{FORMAT_VERSION}: fit the head again")
     missing = [k for k in ("backbone", "classes", "head", "files") if k not in doc]
     if missing:
         raise BundleError(f"{meta_file} has no {', '.join(missing)}: it is damaged: fit the head "
                           f"again")
+    try:
+        _check_doc(doc)
+    except Invalid as e:
+        raise BundleError(f"{meta_file} is damaged ({e}): fit the head again") from e
     return doc
 
 

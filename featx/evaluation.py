@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from .data.folders import SPLITS
 from .errors import ConfigError
 from .util.files import cell, uncell
+from .util.schema import Grid, Int, Items, Num, Record
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,14 @@ log = logging.getLogger(__name__)
 Z95 = 1.959963984540054
 # Top-k accuracy is reported where there are more classes than this k.
 TOP_K = 5
+# What ``Tally.result`` writes (in bundle.json, beside score's CSV), as a file read back may hold
+# it: figures only shown may be NaN, counts are whole numbers.
+_SHARE = Num(0, 1, finite=False)
+METRICS = Record({"n": Int(), "accuracy": _SHARE, "accuracy_ci95": Items(_SHARE, 2),
+                  "per_class": Record(other=Record({k: _SHARE for k in ("precision", "recall", "f1")}
+                                                   | {"support": Int()},
+                                                   required=("precision", "recall", "f1", "support"))),
+                  "confusion": Grid()}, required=("n", "accuracy"), other=Num(finite=False))
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:

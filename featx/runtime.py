@@ -22,6 +22,11 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 16)
 
 
+# The largest batch: 256 is a GPU's default, and a batch of this many 224-px images is 10 GB
+# before the model runs; a larger number is a typo (and past C's integers, a traceback).
+MAX_BATCH = 1 << 16
+
+
 @dataclass(frozen=True)
 class Runtime:
     """``device``: auto (CUDA when there is one), cpu, cuda or cuda:N. ``batch_size``: images per
@@ -43,6 +48,8 @@ class Runtime:
             raise ConfigError(f"unknown device {self.device!r}: choose auto, cpu or cuda")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"`batch_size` must be at least 1, not {self.batch_size}")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:
+            raise ConfigError(f"`batch_size` must be at most {MAX_BATCH}, not {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"`workers` must be 0 or more, not {self.workers}")
         if self.execution not in EXECUTIONS:

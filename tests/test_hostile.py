@@ -3,7 +3,9 @@ run reads, or to crash featx, each end in one line or are handled as documented.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ import featx
 from featx.cache.lock import lock_path
 from featx.cli import main
 from featx.finetuning import checkpoint, loop
+from featx.util.files import sha256_file
 
 from conftest import FAST, QUIET, write_folder, write_image
 
@@ -31,7 +34,7 @@ TUNE = {"recipe": featx.Recipe(unfreeze="top:1", epochs=1, keep="finetuned", mix
 # Extract, the device's crop and fine-tuning's plain crop of 118-byte PNGs of 1×12000 px, in a
 # process of their own so that its peak memory is theirs; it prints that peak in MB.
 _ELONGATED = textwrap.dedent("""
-    import resource, sys
+    import sys
     from pathlib import Path
     import torch
     import featx
@@ -48,7 +51,9 @@ _ELONGATED = textwrap.dedent("""
     assert _crop(torch.zeros(3, 1, 12000, dtype=torch.uint8), 1, p).shape == (3, 224, 224)
     image = load_rgb(next(root.rglob("*.png")))
     assert train_transform(p, ["flip"])(image).shape == (3, 224, 224)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # VmHWM, this program's own peak: ru_maxrss also counts the pytest process it was forked from
+    with open("/proc/self/status") as f:
+        print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024)
 """)
 
 
@@ -220,3 +225,278 @@ def test_rows_of_predictions_csv_outside_the_data_folder_are_never_read(tuned, t
     climbing = os.path.relpath(secret, root)
     images, kept = found.crops([str(secret), climbing, inside])
     assert kept == [2] and opened == [root / inside]
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    """The command's one line on stderr, asserted to be its only error line, with exit 1 and no
+    traceback."""
+    assert main(argv) == 1, argv
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("featx: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0].removeprefix("featx: error: ")
+
+
+def _edited_bundle(bundle: Path, tmp: Path, edit, text: str = "") -> Path:
+    """A copy of ``bundle`` whose bundle.json ``edit(doc)`` changed (``text``: JSON put in as it
+    is, under "extra", where Python's json could not write it)."""
+    copy = shutil.copytree(bundle, tmp / "crafted")
+    doc = json.loads((copy / "bundle.json").read_text())
+    edit(doc)
+    written = json.dumps(doc)
+    (copy / "bundle.json").write_text(written[:-1] + f', "extra": {text}}}' if text else written)
+    return copy
+
+
+def _set(path: str, value):
+    """An edit setting the field ``a.b.c`` of bundle.json to ``value``."""
+    def edit(doc: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            doc = doc[key]
+        doc[last] = value
+    return edit
+
+
+# (id, edit of bundle.json, JSON text added as is, what the one line says after "bundle.json ")
+CRAFTED_BUNDLES = [
+    ("nested 5,000 deep", lambda d: None, "[" * 5000 + "]" * 5000, "(nests deeper than 32 levels)"),
+    ("nested 40 deep", lambda d: None, "[" * 40 + "]" * 40, "(nests deeper than 32 levels)"),
+    ("a number of 5,000 digits", lambda d: None, "1" * 5000, "(not JSON (Exceeds the limit"),
+    ("feature_dim out of range", _set("backbone.feature_dim", 10**12), "",
+     "is damaged (backbone.feature_dim is 1000000000000, not a whole number from 1 to 1048576)"),
+    ("resize of a billion pixels", _set("backbone.preprocessing.resize_size", 10**9), "",
+     "is damaged (backbone.preprocessing.resize_size is 1000000000, not a whole number"),
+    ("n a float", _set("metrics.val.n", 1e30), "",
+     "is damaged (metrics.val.n is 1e+30, not a whole number"),
+    ("accuracy a text", _set("metrics.val.accuracy", "high"), "",
+     "is damaged (metrics.val.accuracy is 'high', not a number from 0 to 1)"),
+    ("classes a text", _set("classes", "ab"), "", "is damaged (classes is 'ab', not a list)"),
+    ("metrics a list", _set("metrics", []), "", "is damaged (metrics is [], not an object)"),
+    ("trainable a text", _set("trainable", "many"), "",
+     "is damaged (trainable is 'many', not a whole number"),
+    ("a seed past 64 bits", _set("seed", 2**70), "",
+     "is damaged (seed is 1180591620717411303424, not a"),
+    ("search of texts", _set("search", {"trials": [], "chosen": {"C": "x"}}), "",
+     "is damaged (search.chosen.C is 'x', not a finite number)"),
+    ("a head file outside", _set("head.file", "../x"), "",
+     "is damaged (head.file is '../x', not a file name)"),
+    ("a path with NUL", _set("cache", "a\x00b"), "", "is damaged (cache is 'a\\x00b', which holds a NUL"),
+    ("a class named twice", _set("classes", ["blue", "blue"]), "",
+     "is damaged (classes names a class twice)"),
+]
+
+
+@pytest.mark.parametrize("edit, text, says", [c[1:] for c in CRAFTED_BUNDLES],
+                         ids=[c[0] for c in CRAFTED_BUNDLES])
+def test_a_crafted_bundle_json_is_one_line_naming_its_field(tuned, tmp_path, capsys, edit, text, says):
+    _, bundle, _ = tuned
+    crafted = _edited_bundle(bundle, tmp_path, edit, text)
+    before = _contents(crafted)
+    for command in ("info", "report"):
+        line = _one_line(capsys, [command, str(crafted)])
+        assert line.startswith((f"{crafted}/bundle.json ", f"cannot read {crafted}/bundle.json "))
+        assert says in line, line
+    assert _contents(crafted) == before
+
+
+def _replace(name: str, make):
+    """A cache edit: dataset ``name`` replaced by what ``make(f, shape)`` makes there."""
+    def edit(f: h5py.File) -> None:
+        shape = f[name].shape
+        del f[name]
+        make(f, shape)
+    return edit
+
+
+def _attr(name: str, value):
+    return lambda f: f.attrs.__setitem__(name, value)
+
+
+# (id, edit of the cache, what the one line says after "CACHE ")
+CRAFTED_CACHES = [
+    ("features a group", _replace("features", lambda f, s: f.create_group("features")),
+     "is damaged (/features is not a dataset)"),
+    ("labels of floats", _replace("labels", lambda f, s: f.create_dataset("labels", data=np.zeros(s))),
+     "is damaged (/labels holds float64 of shape (12,), not whole numbers in 1 dimension)"),
+    ("labels of strings", _replace("labels", lambda f, s: f.create_dataset("labels", data=[b"a"] * s[0])),
+     "is damaged (/labels holds object of shape (12,), not whole numbers in 1 dimension)"),
+    ("paths a table", _replace("paths", lambda f, s: f.create_dataset("paths", data=np.zeros((s[0], 2)))),
+     "is damaged (/paths holds float64 of shape (12, 2), not strings in 1 dimension)"),
+    ("a trillion labels declared", _replace("labels", lambda f, s: f.create_dataset(
+        "labels", shape=(10**12,), dtype="int32", chunks=(1024,))),
+     "is damaged (/labels declares 3.73e+03 GiB of values, more than the file's"),
+    ("a trillion paths declared", _replace("paths", lambda f, s: f.create_dataset(
+        "paths", shape=(10**12,), dtype=h5py.string_dtype(), chunks=(1024,))),
+     "is damaged (/paths declares"),
+    ("feature_dim an array", _attr("feature_dim", np.array([1280, 1])),
+     "is damaged (attribute.feature_dim is array(["),
+    ("feature_dim a text", _attr("feature_dim", "wide"), "is damaged (attribute.feature_dim is 'wide'"),
+    ("format_version an array", _attr("format_version", np.array([2, 2])),
+     "is not a complete featx cache (format 2): extract it again"),
+    ("preprocessing nested deep", _attr("preprocessing", "[" * 5000 + "]" * 5000),
+     "is damaged (attribute.preprocessing nests deeper than 32 levels)"),
+    ("preprocessing of a huge resize", _attr("preprocessing", json.dumps(dict(
+        resize_size=10**9, crop_size=224, interpolation="bicubic", mean=[0, 0, 0], std=[1, 1, 1]))),
+     "is damaged (attribute.preprocessing.resize_size is 1000000000"),
+]
+
+
+@pytest.mark.parametrize("edit, says", [c[1:] for c in CRAFTED_CACHES], ids=[c[0] for c in CRAFTED_CACHES])
+def test_a_crafted_cache_is_one_line_naming_its_part(tuned, tmp_path, capsys, edit, says):
+    root, _, _ = tuned
+    cache = shutil.copy(root.parent / "colours.h5", tmp_path / "crafted.h5")
+    with h5py.File(cache, "r+") as f:
+        edit(f)
+    for argv in (["info", str(cache)], ["fit-head", str(cache), "--out", str(tmp_path / "b")]):
+        assert _one_line(capsys, argv).startswith(f"{cache} {says}")
+    assert not (tmp_path / "b").exists()
+
+
+def test_absurd_sizes_on_the_command_line_are_one_line(tuned, tmp_path, capsys):
+    root, _, _ = tuned
+    cache = root.parent / "colours.h5"
+    line = _one_line(capsys, ["fit-head", str(cache), "--model", "mlp", "-p", "hidden=10000000000",
+                              "--out", str(tmp_path / "b")])
+    assert "hidden must be at most 16384, not 10000000000" in line
+    assert _one_line(capsys, ["extract", str(root), "--out", str(tmp_path / "x.h5"), *QUICK,
+                              "--batch-size", "99999999999999999999"]) == (
+        "--batch-size must be at most 65536, not 99999999999999999999")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "x.h5").exists()
+
+
+def test_a_folder_1100_levels_deep_is_read(tmp_path, capsys):
+    root = write_folder(tmp_path / "deep", {"": 1})
+    folder = root / "red"
+    for _ in range(1100):  # one at a time: mkdir(parents=True) recurses as deep
+        folder = folder / "d"
+        folder.mkdir()
+    deep = write_image(folder / "far.png")
+    found = featx.scan(root)
+    assert deep.relative_to(root) in [s.path for s in found.samples]
+    assert main(["check", str(root), "--workers", "0", "--no-progress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_class_named_as_mathtext_is_drawn_as_it_is(tmp_path, capsys):
+    root = write_folder(tmp_path / "maths", {"train": 3, "val": 2},
+                        classes={"$\\foo{$": (40, 60, 200), "red": (200, 50, 40)})
+    cache = featx.extract(root, out=tmp_path / "m.h5", **FAST).path
+    assert main(["fit-head", str(cache), "--out", str(tmp_path / "b")]) == 0
+    assert main(["report", str(tmp_path / "b")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "b" / "confusion_val.png").is_file()
+
+
+def test_finetune_onto_a_full_disk_is_one_line_and_keeps_the_bundle(tuned, tmp_path, capsys, monkeypatch):
+    root, bundle, out = tuned
+    before = _contents(out)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_state", full)
+    line = _one_line(capsys, ["finetune", str(root), "--from", str(bundle), "--out", str(out),
+                              "--unfreeze", "top:1", "--epochs", "1", "--workers", "0", "--no-progress"])
+    assert line == (f"cannot write {checkpoint.state_folder(out) / checkpoint.CHECKPOINT} (No space left "
+                    f"on device): make room, or choose another --out; {out} is as it was")
+    assert _contents(out) == before
+    shutil.rmtree(checkpoint.state_folder(out))  # as the user would, or `--resume`
+
+
+def test_the_data_folder_bundle_json_names_is_used_only_where_its_cache_was_made_from_it(
+        tuned, tmp_path, capsys, monkeypatch):
+    from featx.reporting import report as report_mod
+
+    root, bundle, _ = tuned
+    elsewhere = write_folder(tmp_path / "elsewhere", {"": 2})  # images, but not the cache's
+    crafted = _edited_bundle(bundle, tmp_path, lambda d: d.update(
+        data=str(elsewhere), cache=str(root.parent / "colours.h5")))  # a cache of root, found
+    walked = []
+    monkeypatch.setattr(report_mod, "scan", lambda p: walked.append(Path(p)) or featx.scan(p))
+    assert main(["report", str(crafted), "--out", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert walked == [] and "pass --data with it" in out
+    assert main(["report", str(bundle), "--out", str(tmp_path / "r.html")]) == 0  # its own: shown
+    assert walked == [root.resolve()]
+
+
+def test_a_killed_bundle_writes_leftovers_are_removed_by_the_next(tuned, tmp_path):
+    _, bundle, _ = tuned
+    out = tmp_path / "b"
+    featx.load_bundle(bundle).save(out)
+    left = tmp_path / ".b.4242.tmp"  # as a write killed mid-way leaves it
+    left.mkdir()
+    (left / "head.safetensors").write_text("half")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (tmp_path / ".b.4343.tmp").symlink_to(kept)
+    featx.load_bundle(bundle).save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "kept"]
+    featx.load_bundle(out)
+
+
+def test_names_reach_the_terminal_escaped(tmp_path, capsys):
+    root = write_folder(tmp_path / "names", {"": 2})
+    (root / "red" / "evil\r\nfeatx: all clean.jpg").write_text("not an image")
+    assert main(["check", str(root), "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "all clean" not in out.replace("evil\\r\\nfeatx: all clean.jpg", "")
+    assert "evil\\r\\nfeatx: all clean.jpg" in out
+
+
+def test_a_head_of_nan_coefficients_is_refused_at_load(tuned, tmp_path, capsys):
+    from featx.util.state_file import load_state, save_state
+
+    _, bundle, _ = tuned
+    crafted = shutil.copytree(bundle, tmp_path / "nan")
+    head = crafted / "head.safetensors"
+    state = load_state(head, numpy=True)
+    coef = state["fitted"]["logistic"]["coef_"].copy()
+    coef[0, 0] = np.nan
+    state["fitted"]["logistic"]["coef_"] = coef
+    save_state(head, state)
+    doc = json.loads((crafted / "bundle.json").read_text())
+    doc["files"]["head.safetensors"] = dict(size=head.stat().st_size, sha256=sha256_file(head))
+    (crafted / "bundle.json").write_text(json.dumps(doc))
+    assert _one_line(capsys, ["info", str(crafted)]) == (
+        f"cannot use the head in {head} (ValueError: fitted.logistic.coef_ holds numbers that are "
+        f"not finite (NaN or infinite)): fit the head again")
+
+
+def test_a_huge_file_that_is_no_image_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
+    from PIL import UnidentifiedImageError
+
+    from featx.data import images
+
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 30)  # a GiB of nothing, on no disk
+    hashed = []
+    monkeypatch.setattr(images, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
+    with pytest.raises(UnidentifiedImageError):
+        images.read_image(sparse)
+    assert hashed == []
+    image, _ = images.read_image(write_image(tmp_path / "fine.png"))
+    assert hashed == [tmp_path / "fine.png"] and image.size == (40, 32)
+
+
+@pytest.mark.parametrize("metrics, says", [
+    ("[" * 5000 + "]" * 5000, "(x.metrics.json nests deeper than 32 levels)"),
+    ('{"n": 3, "accuracy": 0.5, "per_class": {"a": 1}}', "(x.metrics.json.per_class.a is 1, not an object)"),
+    ('{"n": "three", "accuracy": 0.5}', "(x.metrics.json.n is 'three', not a whole number"),
+], ids=["nested", "per_class of numbers", "n a text"])
+def test_a_crafted_scores_csv_is_one_line(tuned, tmp_path, capsys, metrics, says):
+    _, bundle, _ = tuned
+    scores = tmp_path / "x.csv"
+    scores.write_text("path,predicted,p_blue,p_red,error\na.png,blue,0.9,0.1,\n")
+    (tmp_path / "x.metrics.json").write_text(metrics)
+    line = _one_line(capsys, ["report", str(bundle), "--scores", str(scores), "--out",
+                              str(tmp_path / "r.html")])
+    assert line.startswith(f"--scores {scores} is not as `featx score` writes it ") and says in line, line
+    scores.write_text("path,predicted,p_blue,p_red,error\na.png\n")
+    (tmp_path / "x.metrics.json").unlink()
+    line = _one_line(capsys, ["report", str(bundle), "--scores", str(scores), "--out",
+                              str(tmp_path / "r.html")])
+    assert "(row 2 has fewer cells than its header)" in line
+    assert not (tmp_path / "r.html").exists()

@@ -11,6 +11,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ..util.schema import Either, Int, Items, Num, Record, Text
+from .preprocessing import INTERPOLATIONS
+
 RANDOM_INIT = "random-init"  # the weights_sha256 of a seeded random initialisation
 # The features' precision. It is part of a cache's key, not of the identity, which a bundle shares
 # with caches of any. float32: computed and stored in float32; every execution whose features
@@ -26,6 +29,24 @@ def storage_dtype(dtype: str) -> str:
     """The HDF5 type features of ``dtype`` are stored as: HDF5 has no bfloat16, and the float32
     that bfloat16 and int8 arithmetic hand back is kept as it is."""
     return "float32" if dtype in ("bfloat16", "int8") else dtype
+
+
+# The widest features and largest images a file may declare: past any backbone's (a few thousand
+# features, a few hundred pixels), and small enough that an array of them is no risk.
+MAX_FEATURES = 1 << 20
+MAX_PIXELS = 4096
+PREPROCESSING = Record({"resize_size": Int(1, MAX_PIXELS), "crop_size": Int(1, MAX_PIXELS),
+                        "interpolation": Text(choices=INTERPOLATIONS), "mean": Items(Num(), 3),
+                        "std": Items(Num(), 3)},
+                       required=("resize_size", "crop_size", "interpolation", "mean", "std"))
+# What bundle.json's ``backbone`` and a cache's attributes hold of an identity: ``preprocessing``
+# empty for features made outside featx (``write_cache``); names that are file names alone.
+IDENTITY_FIELDS = {"backbone": Text(1), "weights_sha256": Text(1), "pool": Text(1),
+                   "feature_dim": Int(1, MAX_FEATURES), "input_size": Int(0, MAX_PIXELS),
+                   "preprocessing": Either(Record(other=None), PREPROCESSING),
+                   "weights_file": Text(name=True), "layers": Text(), "quantized": Text(name=True)}
+IDENTITY_REQUIRED = ("backbone", "weights_sha256", "pool", "feature_dim", "input_size", "preprocessing")
+IDENTITY = Record(IDENTITY_FIELDS, IDENTITY_REQUIRED)
 
 
 @dataclass(frozen=True)

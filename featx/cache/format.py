@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 
-from ..backbones.identity import FeatureIdentity
+from ..backbones.identity import DTYPES, IDENTITY_FIELDS, IDENTITY_REQUIRED, FeatureIdentity
 from ..data.folders import Dataset
+from ..util.files import size_text
+from ..util.schema import Flag, Int, Invalid, JsonText, Num, Record, Text, check, fits, load_json
 from . import reuse
 
 FORMAT_VERSION = 2  # 2: /files/*, written whole; 1 had no record of the files read
@@ -80,9 +83,61 @@ def strings(ds: h5py.Dataset) -> list[str]:
     return ds.asstr(errors="surrogateescape")[()].tolist()
 
 
+# The attributes ``writer.write`` and extract set, as they may be; others (a later featx's) are
+# left alone.
+ATTRIBUTES = Record({**IDENTITY_FIELDS, "preprocessing": JsonText(IDENTITY_FIELDS["preprocessing"]),
+                     "dtype": Text(choices=DTYPES), "config_key": Text(1), "format_version": Int(),
+                     "complete": Flag(), "n_images": Int(), "n_failed": Int(), "seconds": Num(0),
+                     **{k: Text() for k in ("data", "data_path", "data_id", "created", "execution",
+                                            "device", "decode", "featx_version", "torch_version",
+                                            "torchvision_version")}},
+                    required=(*IDENTITY_REQUIRED, "dtype", "config_key"))
+# Each dataset of the layout: (dimensions, what its values are: HDF5 strings, or NumPy kinds).
+LAYOUT = {"features": (2, "f"), "labels": (1, "iu"), "paths": (1, "text"), "splits": (1, "text"),
+          "classes": (1, "text"), "files/size": (1, "iu"), "files/mtime_ns": (1, "iu"),
+          "files/sha256": (1, "text"), "failed/paths": (1, "text"), "failed/errors": (1, "text")}
+_KINDS = {"f": "floating-point numbers", "iu": "whole numbers", "text": "strings"}
+
+
+def is_complete(attrs: dict) -> bool:
+    """Whether the attributes are those of a whole cache of this format (values of a type featx
+    never writes there are not)."""
+    version, done = attrs.get("format_version"), attrs.get("complete")
+    return fits(version, Int()) and version == FORMAT_VERSION and fits(done, Flag()) and bool(done)
+
+
+def check_cache(f: h5py.File) -> None:
+    """Raise ``Invalid`` naming the first attribute or dataset of ``f`` that is not as featx
+    writes it: of another type or shape, or declaring more values than the file could hold (an
+    HDF5 dataset may declare any size and store none of it; featx's are stored whole, uncompressed)."""
+    try:
+        attrs = dict(f.attrs)
+    except (OSError, TypeError, ValueError) as e:  # an attribute of a type h5py cannot read
+        raise Invalid("its attributes", f"cannot be read ({str(e).splitlines()[0][:80]})") from None
+    check(attrs, ATTRIBUTES, "attribute")
+    room = os.fstat(f.id.get_vfd_handle()).st_size
+    for name, (dims, kind) in LAYOUT.items():
+        where = f"/{name}"
+        try:
+            found = f.get(name)
+        except (KeyError, TypeError, ValueError):  # a part of its path that is no group
+            found = None
+        if not isinstance(found, h5py.Dataset):
+            raise Invalid(where, "is missing" if found is None else "is not a dataset")
+        shape = found.shape or ()
+        text = h5py.check_string_dtype(found.dtype) is not None
+        if len(shape) != dims or text != (kind == "text") or (not text and found.dtype.kind not in kind):
+            raise Invalid(where, f"holds {found.dtype} of shape {shape}, not {_KINDS[kind]} in "
+                                 f"{dims} dimension{'s' if dims > 1 else ''}")
+        declared = math.prod(shape) * found.id.get_type().get_size()
+        if declared > room:
+            raise Invalid(where, f"declares {size_text(declared)} of values, more than the file's "
+                                 f"{size_text(room)} holds")
+
+
 def identity_of(attrs: dict) -> FeatureIdentity:
-    """The feature identity a cache's attributes hold."""
-    return FeatureIdentity.from_dict({**attrs, "preprocessing": json.loads(attrs["preprocessing"])})
+    """The feature identity a cache's attributes hold (checked: ``check_cache``)."""
+    return FeatureIdentity.from_dict({**attrs, "preprocessing": load_json(attrs["preprocessing"])})
 
 
 def identity_attrs(identity: FeatureIdentity) -> dict:

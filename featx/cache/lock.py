@@ -83,8 +83,12 @@ def locked(path: Path, error: type[FeatxError] = CacheError) -> Iterator[None]:
                     f"`out`") from e
     _HELD.add(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk
+            raise error(f"cannot write {lock} ({e.strerror or e}): make room, or choose another "
+                        f"`out`") from e
         yield
     finally:
         with contextlib.suppress(PermissionError):  # Windows keeps a file that is open: reused next time

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..backbones.identity import FeatureIdentity
 from ..errors import CacheError, first_line
+from ..util.schema import Invalid, fits
 from . import reuse
-from .format import FORMAT_VERSION, Contents, identity_of, strings
+from .format import ATTRIBUTES, FORMAT_VERSION, Contents, check_cache, identity_of, is_complete, strings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class PreviousCache:
             outside = _elsewhere(self.file)
             if outside:
                 raise ValueError(outside)
+            check_cache(self.file)
             self.contents = Contents.read(self.file)
             c = self.contents
             _check_parts(self.file["features"].shape, identity_of(dict(self.file.attrs)), c.labels,
@@ -58,16 +60,18 @@ def previous(path: Path, identity: FeatureIdentity, dtype: str, data_id: str) ->
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
-    except OSError:
+    except (OSError, TypeError, ValueError):
         attrs = {}
     if "config_key" not in attrs:
         raise CacheError(f"{path} is not a featx cache, and extracting there would replace it: "
                          f"choose another `out`, or add `force=True` to replace it")
+    if not fits(attrs, ATTRIBUTES):  # featx's, but damaged: made again, as it is featx's
+        attrs = {}
     if attrs.get("data_id", data_id) != data_id:
         raise CacheError(f"{path} is the cache of another image folder ({attrs.get('data')}), and "
                          f"extracting there would replace it: choose another `out`, or add `force=True` "
                          f"to replace it")
-    if attrs.get("format_version") == FORMAT_VERSION and attrs.get("complete"):
+    if is_complete(attrs):
         if attrs["config_key"] != identity.key(dtype):
             have = identity_of(attrs)
             key = have.mismatch(identity)
@@ -217,6 +221,13 @@ def _check_parts(shape: tuple[int, ...], identity: FeatureIdentity, labels, n_pa
         raise ValueError(f"a label out of the range of its {n_classes} classes")
 
 
+def _complete(f: h5py.File) -> bool:
+    try:
+        return is_complete(dict(f.attrs))
+    except (TypeError, ValueError):  # an attribute of a type h5py cannot read
+        return False
+
+
 def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                in_memory: bool = True) -> FeatureCache:
     """Read a cache; with ``identity`` (a bundle's, say), refuse one whose features differ.
@@ -231,7 +242,7 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                 if partial.exists() else ": run `featx extract DATA` first; it prints the path")
         raise CacheError(f"no feature cache at {path}{hint}")
     with _reading(path), h5py.File(path, "r") as f:
-        if f.attrs.get("format_version") != FORMAT_VERSION or not f.attrs.get("complete"):
+        if not _complete(f):
             raise CacheError(f"{path} is not a complete featx cache (format "
                              f"{FORMAT_VERSION}): extract it again")
         outside = _elsewhere(f)
@@ -239,6 +250,7 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
             raise CacheError(f"{path} reads data from other files ({outside}), which no featx cache "
                              f"does: extract it again")
         try:
+            check_cache(f)
             fc = FeatureCache(
                 path=path, features=DiskFeatures.of(path, f["features"]), labels=f["labels"][()],
                 paths=strings(f["paths"]), splits=np.array(strings(f["splits"])),
@@ -246,6 +258,8 @@ def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                 failed=list(zip(strings(f["failed/paths"]), strings(f["failed/errors"]), strict=True)))
             _check_parts(fc.features.shape, fc.identity, fc.labels, len(fc.paths), len(fc.splits),
                         len(fc.classes))
+        except Invalid as e:
+            raise CacheError(f"{path} is damaged ({e}): extract it again") from e
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise CacheError(f"{path} is damaged ({first_line(e)}): extract it again") from e
     key = fc.identity.mismatch(identity) if identity is not None else None

@@ -63,28 +63,45 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _entries(folder: str) -> tuple[list[str], list[str]]:
+    """The names in ``folder``: its folders (links to folders included) and its other files."""
+    dirs, files = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            try:
+                is_dir = e.is_dir()
+            except OSError:  # as os.walk takes it: a file
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+    return dirs, files
+
+
 def find_images(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Every image file below ``folder``, recursively, sorted, as paths relative to it.
 
     Linked folders are followed, but each real folder is read once, so a symlink loop ends
-    there. Folders passed over are appended to ``ignored`` as (path, why).
+    there. Folders passed over are appended to ``ignored`` as (path, why). The walk keeps its own
+    stack, as os.walk recurses (before Python 3.12) and a folder 1,100 levels deep exhausted it.
     """
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
     ignored = [] if ignored is None else ignored
-
-    def unreadable(e: OSError) -> None:
-        ignored.append((Path(e.filename), f"cannot be read ({e.strerror}): skipped"))
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
-        st = os.stat(dirpath)
+    stack = [str(folder)]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            st = os.stat(dirpath)
+            dirnames, filenames = _entries(dirpath)
+        except OSError as e:
+            ignored.append((Path(e.filename or dirpath), f"cannot be read ({e.strerror}): skipped"))
+            continue
         if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
             ignored.append((Path(dirpath), "links back to a folder already read (a symlink loop): "
                                            "not read again"))
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # Pushed last first, so that folders are read in name order, each before its neighbours.
+        stack += [os.path.join(dirpath, d) for d in sorted(dirnames, reverse=True) if not d.startswith(".")]
         rel = Path(dirpath).relative_to(folder)
         found.extend(rel / f for f in sorted(filenames) if not f.startswith(".") and is_image(Path(f)))
     return found

@@ -81,11 +81,13 @@ def read_image(path: Path, shorter: int | None = None) -> tuple[Image.Image, str
     errors); ``error_line`` of the exception is the reason recorded for it.
     """
     check_file(path)
-    digest = sha256_file(path)
     try:
-        return load_rgb(path, shorter), digest
+        image = load_rgb(path, shorter)
     except UnidentifiedImageError:
         text = _text_start(path)
         if text is None:
             raise
         raise UnidentifiedImageError(f"a text file, not an image: it begins {text!r}") from None
+    # Hashed once decoded: a file that is no image (20 GiB of a sparse .jpg) is refused from its
+    # first bytes, not after reading all of them.
+    return image, sha256_file(path)

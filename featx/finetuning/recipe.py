@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..data.augmentation import AUGMENTATIONS, check_augment
 from ..errors import ConfigError
+from ..runtime import MAX_BATCH
 
 # Settings that decide nothing an epoch learns, only when training stops and what is kept after:
 # they may change when a run is resumed.
@@ -53,7 +54,8 @@ class Recipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", check_augment(self.augment))
         limits = dict(epochs=(self.epochs >= 1, "at least 1"),
-                      batch_size=(self.batch_size >= 1, "at least 1"), lr=(self.lr > 0, "above 0"),
+                      batch_size=(1 <= self.batch_size <= MAX_BATCH, f"from 1 to {MAX_BATCH}"),
+                      lr=(self.lr > 0, "above 0"),
                       lr_decay=(0 < self.lr_decay <= 1, "above 0 and at most 1"),
                       weight_decay=(self.weight_decay >= 0, "at least 0"),
                       warmup=(self.warmup >= 0, "at least 0"),

@@ -268,8 +268,12 @@ def _train(run: _Run, history: list[HistoryRow], start: Snapshot, best: Snapshot
     a checkpoint after each (and its figures to ``board``); returns the best trained epoch's
     snapshot (the head, epoch 0, is not one: it is weighed against this afterwards)."""
     def save(logged: bool = False) -> None:
-        checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, start, best)
-        checkpoint.write_history(history, run.state, title)
+        try:
+            checkpoint.save(run.checkpoint, run.config, run.model, run.trainer, history, start, best)
+            checkpoint.write_history(history, run.state, title)
+        except OSError as e:  # a full disk, a folder made read-only meanwhile
+            raise BundleError(f"cannot write {e.filename or run.state} ({e.strerror or e}): make "
+                              f"room, or choose another `out`; {run.out} is as it was") from e
         if board is not None and not logged:
             board.epoch(history[-1].to_dict())
 

@@ -16,8 +16,10 @@ are the exceptions, and ``tests/test_heads`` rebuilds every head and compares it
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
@@ -71,6 +73,7 @@ def _rebuild(model: str, params: dict, fitted: dict) -> BaseEstimator:
 
         from .torch_head import head_module
 
+        head.check_params()  # before a layer of the file's ``hidden`` width is made
         head.classes_ = fitted["classes"]
         weights = {k: torch.from_numpy(v) for k, v in fitted["module"].items()}
         head.n_features_in_ = int(weights["0.mean"].shape[0])
@@ -126,4 +129,20 @@ def load_head(path: Path, model: str) -> BaseEstimator:
     if state.get("model") != model:
         raise ValueError(f"it holds a {state.get('model')} head, not the {model} head bundle.json "
                          f"names")
+    _check_finite(state["fitted"])
     return _rebuild(model, state["params"], state["fitted"])
+
+
+def _check_finite(fitted) -> None:
+    """Raise ``ValueError`` where a number the head learned is NaN or infinite: such a head
+    answers NaN for every image, which would be scored as a confident class 0."""
+    stack = [("fitted", fitted)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{where}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        elif (isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all()) \
+                or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{where} holds numbers that are not finite (NaN or infinite)")

@@ -48,8 +48,12 @@ def _number(v) -> bool:
     return _whole(v) or isinstance(v, float | np.floating)
 
 
+# The widest hidden layer: 64 times the mlp's default, and a layer of it on the widest features
+# is a few GB, where 10,000,000,000 asked for terabytes and ended in the allocator's traceback.
+MAX_HIDDEN = 1 << 14
 # (parameter, what it must be, test) for TorchHead's parameters.
 _PARAMS = (("hidden", "a whole number, 0 or more", lambda v: _whole(v) and v >= 0),
+           ("hidden", f"at most {MAX_HIDDEN}", lambda v: v <= MAX_HIDDEN),
            ("epochs", "a whole number, 1 or more", lambda v: _whole(v) and v >= 1),
            ("batch_size", "'auto' or a whole number, 1 or more",
             lambda v: (_whole(v) and v >= 1) or (isinstance(v, str) and v == "auto")),
@@ -172,12 +176,16 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         return X, y
 
-    def _start(self, classes: np.ndarray, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        # Checked here, as scikit-learn's own estimators check theirs as they fit.
+    def check_params(self) -> None:
+        """Raise ``ConfigError`` for a parameter no head can be made with: checked as the head is
+        fitted, as scikit-learn's own estimators check theirs, and as it is loaded from a file."""
         for name, want, ok in _PARAMS:
             value = getattr(self, name)
             if not ok(value):
                 raise ConfigError(f"{name} must be {want}, not {value!r}")
+
+    def _start(self, classes: np.ndarray, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        self.check_params()
         self.classes_ = classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)

@@ -9,6 +9,12 @@ from pathlib import Path
 import numpy as np
 
 
+def _plain(text: str) -> str:
+    """Text as matplotlib draws it literally: a pair of ``$`` would start its mathtext (a class
+    folder named ``$\\foo{$`` ended a run in a parse error), so every ``$`` is escaped."""
+    return text.replace("$", r"\$")
+
+
 def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
     """Rows are true classes, columns predicted; cells show counts, colour the row fraction."""
     from matplotlib.figure import Figure
@@ -27,11 +33,11 @@ def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: Path, tit
                 frac = matrix[i, j] / max(rows[i, 0], 1)
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                         color="white" if frac > 0.5 else "black", fontsize=9)
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
+        ax.set_xticks(range(n), [_plain(c) for c in classes], rotation=45, ha="right")
+        ax.set_yticks(range(n), [_plain(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(textwrap.fill(title, width=int(8 * (size + 1))), fontsize=10)
+    ax.set_title(_plain(textwrap.fill(title, width=int(8 * (size + 1)))), fontsize=10)
     if n <= 30:  # the class names take the room they need
         fig.tight_layout()
     else:  # fixed margins, as a few numbers label the axes: tight_layout took a third of the time
@@ -61,7 +67,7 @@ def history_png(history: list[dict], path: Path, title: str) -> Path:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_plain(title), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -75,7 +81,7 @@ def search_png(trials: list, best, path: Path, title: str) -> Path:
 
     varying = [k for k in best.params if len({t.params[k] for t in trials}) > 1]
     fig = Figure(figsize=(10, 4) if len(varying) == 1 else (8, 1.5 + 0.35 * len(trials)))
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_plain(title), fontsize=10)
     if len(varying) == 1:
         _curves(fig, trials, best, varying[0])
     else:
@@ -104,7 +110,7 @@ def _curves(fig, trials: list, best, key: str) -> None:
             ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             if len(set(x)) <= 6:  # a few settings (k of knn): each one's tick, not decades
                 ax.xaxis.set_major_locator(FixedLocator(sorted(set(x))))
-        ax.set_xlabel(f"{key} (red star: chosen)")
+        ax.set_xlabel(_plain(f"{key} (red star: chosen)"))
         ax.set_ylabel(f"val {metric}")
         ax.grid(alpha=0.3)
 
@@ -112,7 +118,7 @@ def _curves(fig, trials: list, best, key: str) -> None:
 def _bars(fig, trials: list, best) -> None:
     """One bar of validation accuracy per setting, the chosen one red."""
     ax = fig.subplots()
-    labels = [", ".join(f"{k}={t.params[k]:g}" for k in t.params) for t in trials]
+    labels = [_plain(", ".join(f"{k}={t.params[k]:g}" for k in t.params)) for t in trials]
     ax.barh(range(len(trials)), [t.metrics["accuracy"] for t in trials],
             color=["tab:red" if t is best else "tab:blue" for t in trials])
     ax.set_yticks(range(len(trials)), labels, fontsize=8)
@@ -140,11 +146,11 @@ def image_grid_png(images: list[np.ndarray], captions: list[str], path: Path, ti
             continue
         bad = bool(wrong and wrong[i])
         ax.imshow(images[i])
-        ax.set_title(textwrap.fill(captions[i], 22), fontsize=8, color="red" if bad else "black")
+        ax.set_title(_plain(textwrap.fill(captions[i], 22)), fontsize=8, color="red" if bad else "black")
         for side in ax.spines.values():
             side.set_color("red" if bad else "0.8")
             side.set_linewidth(3 if bad else 0.5)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_plain(title), fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     return path

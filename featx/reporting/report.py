@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import logging
 import os
 import re
@@ -24,12 +23,14 @@ import numpy as np
 
 from ..backbones.preprocessing import Preprocessing
 from ..bundle import Bundle, load_bundle
-from ..cache.reader import open_cache
+from ..cache.format import data_id
+from ..cache.reader import FeatureCache, open_cache
 from ..data.folders import SPLITS, Dataset, scan
 from ..data.images import load_rgb
-from ..errors import CacheError, ConfigError, DataError, first_line
-from ..evaluation import PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
+from ..errors import BundleError, CacheError, ConfigError, DataError, first_line
+from ..evaluation import METRICS, PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
 from ..util.files import check_replaceable, durable_write, inside, metrics_path, uncell
+from ..util.schema import Invalid, check, load_json
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
@@ -234,8 +235,17 @@ def _read_scores(scores: Path) -> tuple[list[dict], dict | None]:
                 raise ConfigError(f"`scores` {scores} is not a CSV of `featx score` (no path, "
                                   f"predicted and error columns): {fix}")
             rows = list(reader)
+        short = next((n for n, r in enumerate(rows, 2)
+                      if None in (r["path"], r["predicted"], r["error"])), 0)
+        if short:
+            raise Invalid(f"row {short}", "has fewer cells than its header")
         found = metrics_path(scores)
-        return rows, json.loads(found.read_text()) if found.is_file() else None
+        m = load_json(found.read_text(), found.name) if found.is_file() else None
+        if m is not None:
+            check(m, METRICS, found.name)
+        return rows, m
+    except Invalid as e:
+        raise ConfigError(f"`scores` {scores} is not as `featx score` writes it ({e}): {fix}") from e
     except (OSError, csv.Error, ValueError) as e:
         raise ConfigError(f"cannot read `scores` {scores} ({first_line(e)}): {fix}") from e
 
@@ -285,14 +295,16 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
     if data is not None and not Path(data).is_dir():
         raise DataError(f"`data` {data}: no such image folder: give the folder the bundle was "
                         f"fitted on")
-    root = Path(data) if data else Path(b.info["data"]) if b.info.get("data") else None
-    if root is not None and not root.is_dir():  # moved since: the image sections say ``data``
-        root = None
+    try:
+        fc, unread = open_cache(b.info.get("cache", ""), in_memory=False), None
+    except CacheError as e:
+        fc, unread = None, str(e)
+    root = Path(data) if data is not None else _named_data(b, fc)
     with tempfile.TemporaryDirectory() as scratch:
         page = _Page(Path(scratch))
         facts = bundle_info(b)  # the bundle loaded and checked once
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
-        _data_section(page, b)
+        _data_section(page, fc, unread)
         _result_sections(page, b)
         _image_sections(page, b, root)
         if scores is not None:
@@ -343,11 +355,21 @@ def _write_page(path: Path, page: _Page, bundle_name: str) -> None:
         raise ConfigError(f"cannot write {path} ({e.strerror or e}): choose another `out`") from e
 
 
-def _data_section(page: _Page, b: Bundle) -> None:
-    try:
-        fc = open_cache(b.info.get("cache", ""), in_memory=False)
-    except CacheError as e:
-        page.missing("data", f"the bundle's cache cannot be read, so its counts are not shown ({e})")
+def _named_data(b: Bundle, fc: FeatureCache | None) -> Path | None:
+    """The image folder bundle.json names, where the cache it names was extracted from that very
+    folder (the ``data_id`` the cache recorded): bundle.json is data, and a folder it names
+    (``/usr``) is never walked on its word alone. None where it is not (moved since, or another),
+    and the image sections ask for `data`."""
+    named = b.info.get("data")
+    if not named or fc is None:
+        return None
+    folder = Path(named).resolve()
+    return folder if folder.is_dir() and fc.attrs.get("data_id") == data_id(folder) else None
+
+
+def _data_section(page: _Page, fc: FeatureCache | None, unread: str | None) -> None:
+    if fc is None:
+        page.missing("data", f"the bundle's cache cannot be read, so its counts are not shown ({unread})")
         return
     counts = cache_counts(fc)
     splits = [s for s in (*SPLITS, UNSPLIT) if any(s in c for c in counts.values())]
@@ -363,15 +385,19 @@ def _data_section(page: _Page, b: Bundle) -> None:
 def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
     sections = ("predictions", "mistakes", "samples", "augmentation")
     if root is None or not b.identity.preprocessing:
-        why = ("the image folder is not known (a cache made by an older featx, or moved apart from "
-               "its images): pass `data` with it" if root is None else
+        why = ("the image folder is not known (none named, or not the one the bundle's cache was "
+               "extracted from, or moved since): pass `data` with it" if root is None else
                "the features were made outside featx (write_cache): no crop is recorded to show")
         for s in sections:
             page.missing(s, why)
         return
     found = _Images(root, Preprocessing.from_dict(b.identity.preprocessing))
     if PREDICTIONS_FILE in b.files:
-        held = read_predictions(b.path / PREDICTIONS_FILE, b.classes)
+        try:
+            held = read_predictions(b.path / PREDICTIONS_FILE, b.classes)
+        except (KeyError, ValueError, TypeError, AttributeError, csv.Error) as e:
+            raise BundleError(f"{b.path / PREDICTIONS_FILE} is damaged ({first_line(e)}): fit the "
+                              f"head again") from e
         split = "val" if "val" in held else next(iter(held), None)
         if split:
             _prediction_pictures(page, found, held[split], b.classes, split)

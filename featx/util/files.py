@@ -87,10 +87,12 @@ def folder_write(path: Path) -> Iterator[Path]:
     and it takes ``path``'s place in one step (an old folder there is then removed), so that
     ``path`` holds either the old folder or the new one whole, never a mix.
 
-    An exception, or a crash, leaves ``path`` as it was.
+    An exception, or a crash, leaves ``path`` as it was. The caller holds ``path``'s lock
+    (``cache.lock``), so that a temporary folder of another process beside it is a killed write's,
+    removed here.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_leftovers(path)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -104,6 +106,20 @@ def folder_write(path: Path) -> Iterator[Path]:
         fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the ``.NAME.PID.tmp`` folders of writes to ``path`` that were killed, a link
+    standing at such a name, not what it points to."""
+    left = re.compile(rf"\.{re.escape(path.name)}\.\d+\.tmp")
+    with contextlib.suppress(FileNotFoundError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if not left.fullmatch(entry.name):
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                os.unlink(entry.path)
+            else:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> None:
