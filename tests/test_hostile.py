@@ -367,15 +367,20 @@ def test_absurd_sizes_on_the_command_line_are_one_line(tuned, tmp_path, capsys):
 
 def test_a_folder_1100_levels_deep_is_read(tmp_path, capsys):
     root = write_folder(tmp_path / "deep", {"": 1})
-    folder = root / "red"
+    folders = [root / "red"]
     for _ in range(1100):  # one at a time: mkdir(parents=True) recurses as deep
-        folder = folder / "d"
-        folder.mkdir()
-    deep = write_image(folder / "far.png")
-    found = featx.scan(root)
-    assert deep.relative_to(root) in [s.path for s in found.samples]
-    assert main(["check", str(root), "--workers", "0", "--no-progress"]) == 0
-    assert "Traceback" not in capsys.readouterr().err
+        folders.append(folders[-1] / "d")
+        folders[-1].mkdir()
+    deep = write_image(folders[-1] / "far.png")
+    try:
+        found = featx.scan(root)
+        assert deep.relative_to(root) in [s.path for s in found.samples]
+        assert main(["check", str(root), "--workers", "0", "--no-progress"]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+    finally:  # from the bottom: shutil.rmtree recurses too, and pytest's clean-up would fail on it
+        deep.unlink()
+        for folder in reversed(folders[1:]):
+            folder.rmdir()
 
 
 def test_a_class_named_as_mathtext_is_drawn_as_it_is(tmp_path, capsys):
