@@ -450,6 +450,25 @@ def test_names_reach_the_terminal_escaped(tmp_path, capsys):
     assert "evil\\r\\nfeatx: all clean.jpg" in out
 
 
+def _relist(file: Path) -> None:
+    """bundle.json beside ``file`` listing it as it is now, as a crafted bundle's would."""
+    meta = file.parent / "bundle.json"
+    doc = json.loads(meta.read_text())
+    doc["files"][file.name] = dict(size=file.stat().st_size, sha256=sha256_file(file))
+    meta.write_text(json.dumps(doc))
+
+
+def test_a_crafted_predictions_csv_is_one_line(tuned, tmp_path, capsys):
+    root, bundle, _ = tuned
+    crafted = shutil.copytree(bundle, tmp_path / "p")
+    rows = crafted / "predictions.csv"
+    rows.write_text(rows.read_text().replace(",blue,", ",purple,", 1))  # a class it does not have
+    _relist(rows)
+    line = _one_line(capsys, ["report", str(crafted), "--data", str(root), "--out", str(tmp_path / "r.html")])
+    assert line == f"{rows} is damaged (KeyError: 'purple'): fit the head again"
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_a_head_of_nan_coefficients_is_refused_at_load(tuned, tmp_path, capsys):
     from featx.util.state_file import load_state, save_state
 
@@ -461,9 +480,7 @@ def test_a_head_of_nan_coefficients_is_refused_at_load(tuned, tmp_path, capsys):
     coef[0, 0] = np.nan
     state["fitted"]["logistic"]["coef_"] = coef
     save_state(head, state)
-    doc = json.loads((crafted / "bundle.json").read_text())
-    doc["files"]["head.safetensors"] = dict(size=head.stat().st_size, sha256=sha256_file(head))
-    (crafted / "bundle.json").write_text(json.dumps(doc))
+    _relist(head)
     assert _one_line(capsys, ["info", str(crafted)]) == (
         f"cannot use the head in {head} (ValueError: fitted.logistic.coef_ holds numbers that are "
         f"not finite (NaN or infinite)): fit the head again")

@@ -18,6 +18,7 @@ import numpy as np
 import safetensors
 
 from .files import durable_write
+from .schema import load_json
 
 if TYPE_CHECKING:
     import torch
@@ -106,6 +107,6 @@ def load_state(path: str | os.PathLike, numpy: bool = False):
         return value
 
     try:
-        return rebuild(json.loads(text))
+        return rebuild(load_json(text, "featx.state"))  # nesting bounded: rebuild recurses
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"its featx.state metadata is damaged ({type(e).__name__}: {e})") from e
