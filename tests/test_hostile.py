@@ -444,10 +444,14 @@ def test_a_killed_bundle_writes_leftovers_are_removed_by_the_next(tuned, tmp_pat
 def test_names_reach_the_terminal_escaped(tmp_path, capsys):
     root = write_folder(tmp_path / "names", {"": 2})
     (root / "red" / "evil\r\nfeatx: all clean.jpg").write_text("not an image")
+    (root / "empty\x1b[2J").mkdir()  # passed over, with a warning: a log line
     assert main(["check", str(root), "--workers", "0", "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "\r" not in out and "all clean" not in out.replace("evil\\r\\nfeatx: all clean.jpg", "")
     assert "evil\\r\\nfeatx: all clean.jpg" in out
+    assert "\x1b" not in err and "empty\\x1b[2J: an empty class folder: ignored" in err
+    assert _one_line(capsys, ["check", str(tmp_path / "no\nsuch")]) == (
+        f"{tmp_path}/no\\nsuch is not a folder: give the folder that holds one subfolder per class")
 
 
 def _relist(file: Path) -> None:
