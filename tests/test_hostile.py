@@ -104,14 +104,17 @@ def test_a_second_finetune_leaves_the_first_whole_until_it_is_done(tuned, monkey
     featx.load_bundle(out)
 
 
-def test_a_bundle_being_written_is_refused_to_another_writer(tuned, tmp_path):
+def test_a_bundle_being_written_is_refused_to_another_writer(tuned, tmp_path, monkeypatch):
     root, bundle, out = tuned
+    # refused before any work, not only as it would write
+    monkeypatch.setattr("featx.fitting.fit.evaluate", lambda *a: pytest.fail("fitted"))
     before = _contents(out)
     fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)  # as another process holding it would
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, b"4242\n")
         for write in (lambda: featx.finetune(root, bundle, out=out, **TUNE),
+                      lambda: featx.fit_head(featx.load_bundle(bundle).info["cache"], out=out),
                       lambda: featx.load_bundle(bundle).save(out)):
             with pytest.raises(featx.BundleError, match=rf"^{re.escape(str(out))} is being written by "
                                                         r"another featx process \(pid 4242\): wait"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, check_out
+from ..bundle import Bundle, check_out, writing
 from ..cache.format import data_folder
 from ..cache.reader import DiskFeatures, FeatureCache, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
@@ -146,6 +146,14 @@ def fit_head(cache: str | os.PathLike, model: str = DEFAULT_HEAD, params: dict |
     fc = open_cache(cache, in_memory=False)
     path = Path(out) if out else Path(fc.path).with_suffix(f".{model}")
     check_out(path)
+    with writing(path):  # held from the start: a second fit-head to this bundle meanwhile is refused
+        return _fitted(fc, path, model, params, val_split, seed, max_memory, search, tensorboard, start)
+
+
+def _fitted(fc: FeatureCache, path: Path, model: str, params: dict, val_split: float, seed: int,
+            max_memory: int, search: bool | None, tensorboard: str | os.PathLike | None,
+            start: float) -> FitResult:
+    """``fit_head``'s work, with the bundle folder ``path`` held."""
     board = _board(fc, model, params, tensorboard)
     parts = split_indices(fc.splits, fc.labels, val_split, seed)
     train = _train_rows(fc, parts, model)
