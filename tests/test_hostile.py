@@ -226,7 +226,7 @@ def test_rows_of_predictions_csv_outside_the_data_folder_are_never_read(tuned, t
     found = report_mod._Images(root, preprocessing)
     inside = next(p.relative_to(root).as_posix() for p in sorted(root.rglob("*.png")))
     climbing = os.path.relpath(secret, root)
-    images, kept = found.crops([str(secret), climbing, inside])
+    _, kept = found.crops([str(secret), climbing, inside])
     assert kept == [2] and opened == [root / inside]
 
 

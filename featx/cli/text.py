@@ -145,8 +145,8 @@ def _capped(lines: list[str], limit: int) -> list[str]:
 
 
 def exported(r: ExportResult) -> str:
-    return (f"exported {len(r.classes)} classes in {r.seconds:.1f} s -> {r.path} (probabilities within "
-            f"{r.difference:.1e} of the bundle's head on a fixed batch)")
+    return (f"exported {len(r.classes)} classes in {r.seconds:.1f} s -> {plain(r.path)} (probabilities "
+            f"within {r.difference:.1e} of the bundle's head on a fixed batch)")
 
 
 def classified(r: ClassifyResult, limit: int = SHOWN) -> str:
@@ -218,8 +218,8 @@ def demonstrated(r: DemoResult) -> str:
 
 
 _BY_RESULT = {"ExtractResult": extracted, "FitResult": fitted, "FinetuneResult": finetuned,
-              "ScoreResult": scored, "ExportResult": exported, "ClassifyResult": classified, "CheckReport": checked,
-              "Info": described, "ReportResult": reported, "DemoResult": demonstrated}
+              "ScoreResult": scored, "ExportResult": exported, "ClassifyResult": classified,
+              "CheckReport": checked, "Info": described, "ReportResult": reported, "DemoResult": demonstrated}
 
 
 def summary(result) -> str:

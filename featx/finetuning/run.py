@@ -356,8 +356,8 @@ def _write_head(run: _Run, source: Bundle, history: list[HistoryRow], title: str
 
 def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, held: dict[str, Predictions],
                   history: list[HistoryRow], title: str, info: dict) -> None:
-    """The fine-tuned bundle, written whole over the run's folder: backbone, head, history, the validation confusion PNG and the held-out
-    predictions, then bundle.json."""
+    """The fine-tuned bundle, written whole over the run's folder: backbone, head, history, the
+    validation confusion PNG and the held-out predictions, then bundle.json."""
     run.model.cpu()
     extractor = run.model.extractor
     run.head.module_.eval()
@@ -388,8 +388,9 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
 
     ``recipe``: what to train and how (``Recipe``'s measured defaults when None). ``resume``:
     continue the interrupted run to ``out``, from its checkpoint in ``OUT.partial``; the bundle
-    already at ``out``, if any, is replaced only once the new one is whole. ``runtime``: device, workers and progress; the base
-    runs eagerly, being trained, and validates at the recipe's batch size unless it says one.
+    already at ``out``, if any, is replaced only once the new one is whole. ``runtime``: device,
+    workers and progress; the base runs eagerly, being trained, and validates at the recipe's
+    batch size unless it says one.
     ``tensorboard``: a folder for each epoch's figures and the confusion matrix.
     """
     start = time.perf_counter()

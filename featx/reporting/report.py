@@ -289,7 +289,8 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
     if path.is_dir():
         raise ConfigError(f"`out` {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
     reads = [*b.own_files(), *([Path(b.info["cache"])] if b.info.get("cache") else []),
-             *([Path(scores), metrics_path(Path(scores)), Path(scores).with_suffix(".png")] if scores else [])]
+             *([Path(scores), metrics_path(Path(scores)), Path(scores).with_suffix(".png")]
+               if scores else [])]
     check_replaceable(path, re.compile(re.escape(PAGE_START.encode())), reads, force)
     scored = _read_scores(Path(scores)) if scores is not None else None
     if data is not None and not Path(data).is_dir():

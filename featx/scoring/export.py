@@ -21,6 +21,7 @@ from ..bundle import Bundle, backbone_for, load_bundle
 from ..errors import ConfigError
 from ..extraction.execution.exported import Refused, write_graph
 from ..extraction.execution.fold import probe_batch
+from ..finetuning.model import Classifier
 from ..heads.torch_head import as_torch_head
 from ..util.files import check_replaceable
 
@@ -40,15 +41,6 @@ class ExportResult:
     seconds: float
 
 
-class _Probabilities(nn.Module):
-    def __init__(self, extractor: nn.Module, head: nn.Module):
-        super().__init__()
-        self.extractor, self.head = extractor, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.extractor(images)).softmax(1)
-
-
 def export(bundle: str | os.PathLike | Bundle, out: str | os.PathLike | None = None,
            weights: str | os.PathLike | None = None, force: bool = False) -> ExportResult:
     """Write ``bundle`` as one float32 ONNX model to ``out`` (default: ``BUNDLE.onnx`` beside
@@ -62,14 +54,14 @@ def export(bundle: str | os.PathLike | Bundle, out: str | os.PathLike | None = N
     path = Path(out) if out else Path(f"{b.path}.onnx")
     if path.suffix != ".onnx":
         raise ConfigError(f"`out` {path} is no .onnx file: give a path ending in .onnx")
-    check_replaceable(path, ONNX_START, [b.path / name for name in b.files] if b.path else [], force)
+    check_replaceable(path, ONNX_START, b.own_files(), force)
     try:
         head = as_torch_head(b.head)
     except ConfigError:
         raise ConfigError(f"{b.path}: its {b.model} head does not export (logistic, linear and mlp "
                           f"heads do): fit one with `featx fit-head --model logistic`") from None
     extractor = backbone_for(b, weights).eval()
-    net = _Probabilities(extractor, head.module_.float().eval()).eval()
+    net = nn.Sequential(Classifier(extractor, head.module_.float()), nn.Softmax(dim=1)).eval()
     metadata = {"classes": json.dumps(b.classes), "preprocessing": json.dumps(b.identity.preprocessing)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
