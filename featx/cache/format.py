@@ -161,14 +161,15 @@ class Contents:
 
     @classmethod
     def of(cls, dataset: Dataset, found: dict[int, reuse.Found], failed: dict[int, str]) -> Contents:
-        """The contents for ``dataset`` with each image either found (its row) or failed."""
+        """The contents for ``dataset`` with each image either found (its row) or failed; the
+        rows of its manifest not used are kept with the failed images, as what the cache lacks."""
         rows = [dataset.samples[i] for i in sorted(found)]
         return cls(classes=dataset.classes, paths=tuple(s.path.as_posix() for s in rows),
                    labels=tuple(s.label for s in rows), splits=tuple(s.split for s in rows),
                    size=tuple(s.size for s in rows), mtime_ns=tuple(s.mtime_ns for s in rows),
                    sha256=tuple(found[i].sha256 for i in sorted(found)),
                    failed=tuple((dataset.samples[i].path.as_posix(), err)
-                                for i, err in sorted(failed.items())))
+                                for i, err in sorted(failed.items())) + dataset.refused)
 
     @classmethod
     def read(cls, f: h5py.File) -> Contents:

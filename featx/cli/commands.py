@@ -49,17 +49,18 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def _check(args: argparse.Namespace) -> None:
     from ..data.check import check
 
-    _say(args, text.checked(check(args.data, workers=args.workers, progress=not args.no_progress)))
+    _say(args, text.checked(check(args.data, labels=args.labels, workers=args.workers,
+                                  progress=not args.no_progress)))
 
 
 def _extract(args: argparse.Namespace) -> None:
     from ..extraction.extract import extract
 
-    r = extract(args.data, backbone=args.backbone, weights=args.weights, pool=args.pool,
-                out=args.out, dtype=args.dtype, force=args.force, runtime=runtime_of(args),
+    r = extract(args.data, labels=args.labels, backbone=args.backbone, weights=args.weights,
+                pool=args.pool, out=args.out, dtype=args.dtype, force=args.force, runtime=runtime_of(args),
                 layers=tuple(args.layer), engine=engine_of(args))
-    for path, err in r.failed:
-        print(text.skipped(path, err))
+    for line in text.skips(r):
+        print(line)
     _say(args, text.extracted(r))
 
 
@@ -75,16 +76,16 @@ def _fit_head(args: argparse.Namespace) -> None:
 def _finetune(args: argparse.Namespace) -> None:
     from ..finetuning.run import finetune
 
-    r = finetune(args.data, args.source, out=args.out, recipe=recipe_of(args), resume=args.resume,
-                 runtime=runtime_of(args), tensorboard=args.tensorboard)
+    r = finetune(args.data, args.source, labels=args.labels, out=args.out, recipe=recipe_of(args),
+                 resume=args.resume, runtime=runtime_of(args), tensorboard=args.tensorboard)
     _say(args, text.finetuned(r))
 
 
 def _score(args: argparse.Namespace) -> None:
     from ..scoring.score import score
 
-    r = score(args.folder, args.model, out=args.out, weights=args.weights, runtime=runtime_of(args),
-              engine=engine_of(args), dtype=args.dtype, force=args.force)
+    r = score(args.folder, args.model, labels=args.labels, out=args.out, weights=args.weights,
+              runtime=runtime_of(args), engine=engine_of(args), dtype=args.dtype, force=args.force)
     _say(args, text.scored(r))
 
 

@@ -39,6 +39,20 @@ def add_runtime(p: argparse.ArgumentParser, speed: bool = True, batch_size: bool
                             "default auto: device on a GPU")
 
 
+FOLDERS = "folder with one subfolder per class (optionally inside train/ val/ test/)"
+
+
+def add_data(p: argparse.ArgumentParser, dest: str = "data", folder: str = FOLDERS) -> None:
+    """The image folder, and the manifest that may label it instead of its subfolders."""
+    p.add_argument(dest, help=f"{folder}; with --labels, the folder its paths are in")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="a CSV or JSONL manifest: each image's path (relative to the folder, or "
+                        "absolute inside it; an id without extension is found by its stem), label "
+                        "and optional split (train, val, test), columns found by their usual names "
+                        "or named as FILE:path=COL,label=COL,split=COL; rows that cannot be used are "
+                        "skipped and recorded, as unreadable images are")
+
+
 # RayEngine's fields as options: (type, metavar, help); each default is RayEngine's own.
 _RAY_OPTIONS = {
     "address": (str, "ADDR", "the Ray cluster's address, e.g. ray://head:10001 or head:6379 "

@@ -15,7 +15,7 @@ from ..runtime import Runtime
 from ..util.files import size_text
 from ..version import __version__
 from .commands import COMMANDS
-from .options import add_engine, add_recipe, add_runtime, default_of
+from .options import add_data, add_engine, add_recipe, add_runtime, default_of
 
 EXAMPLES = {
     "backbones": "featx backbones",
@@ -78,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check", "read every image of a folder without extracting: list what extract would "
                          "skip and why, and images whose bytes repeat (across splits: leakage)")
-    p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
+    add_data(p)
     p.add_argument("--workers", type=int, default=default_of(Runtime, "workers"),
                    help="image-decoding processes (default: one per CPU core, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("extract", "run a frozen backbone over an image folder once; write its features to "
                            "HDF5 (again: only new and changed images; after an interruption: the rest)")
-    p.add_argument("data", help="folder with one subfolder per class (optionally inside train/ val/ test/)")
+    add_data(p)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
     p.add_argument("--weights", default=None,
                    help="state-dict file to load, or 'none' for random init (default: the "
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("finetune", "fine-tune the top of the backbone together with a fitted head; write a "
                             "new bundle")
-    p.add_argument("data", help="the image folder the head's cache was extracted from")
+    add_data(p, folder="the image folder the head's cache was extracted from")
     p.add_argument("--from", dest="source", required=True, metavar="BUNDLE",
                    help="the bundle `featx fit-head` wrote (a logistic, linear or mlp head)")
     p.add_argument("--out", default=None, help="new bundle folder (default: BUNDLE.finetuned)")
@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime(p, speed=False, batch_size=False)
 
     p = command("score", "classify every image under a folder with a model bundle; write a CSV")
-    p.add_argument("folder", help="images to score, searched recursively")
+    add_data(p, "folder", "images to score, searched recursively, labelled where a subfolder is "
+                          "named like a class")
     p.add_argument("--model", required=True, help="the bundle folder `featx fit-head` wrote")
     p.add_argument("--weights", default=None, help="backbone weights file, if not where the bundle says")
     p.add_argument("--out", default=None, help="CSV path (default cache/scores/FOLDER-BUNDLE.csv)")

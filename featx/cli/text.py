@@ -56,11 +56,12 @@ def skipped(path, why) -> str:
 
 def extracted(r: ExtractResult) -> str:
     precision = f"precision: {r.dtype} ({r.why_dtype})"
+    skips = f"{r.n_failed} skipped" + (f", {r.n_refused} manifest rows not used" if r.n_refused else "")
     if r.up_to_date:
-        return f"up to date: {plain(r.path)} ({r.n_images} images, {r.n_failed} skipped); {precision}"
+        return f"up to date: {plain(r.path)} ({r.n_images} images, {skips}); {precision}"
     reused = f", reused {r.n_reused}" if r.n_reused else ""
     rate = f", {r.images_per_second:.1f} img/s on {r.execution}" if r.n_extracted else ""
-    return (f"extracted {r.n_extracted} images{reused} ({r.n_failed} skipped) in "
+    return (f"extracted {r.n_extracted} images{reused} ({skips}) in "
             f"{r.seconds:.1f} s{rate} -> {plain(r.path)}\n{precision}")
 
 
@@ -134,14 +135,20 @@ def scored(r: ScoreResult) -> str:
              "predicted: " + ", ".join(f"{plain(c)} {n}" for c, n in r.predicted.items())]
     if r.metrics:
         lines.append(metrics_line("labelled", r.metrics) + f" -> {plain(metrics_path(r.csv))}")
-    lines += [skipped(path, err) for path, err in r.failed]
+    lines += _capped([skipped(path, err) for path, err in r.failed], SHOWN)
     return "\n".join(lines)
 
 
-def _capped(lines: list[str], limit: int) -> list[str]:
+def _capped(lines: list[str], limit: int, rest: str = "in the CSV") -> list[str]:
     if len(lines) <= limit:
         return lines
-    return [*lines[:limit], f"... {len(lines) - limit} more in the CSV"]
+    return [*lines[:limit], f"... {len(lines) - limit} more {rest}"]
+
+
+def skips(r: ExtractResult, limit: int = SHOWN) -> list[str]:
+    """The lines of what an extraction skipped, as many as a screen holds."""
+    return _capped([skipped(path, why) for path, why in r.failed], limit,
+                   f"(`featx info {plain(r.path)}` lists all)")
 
 
 def exported(r: ExportResult) -> str:
@@ -200,7 +207,8 @@ def described(r: Info) -> str:
         lines.append("")
         lines += [metrics_line(split, m) for split, m in r.metrics.items()]
     if r.skipped:
-        lines.append(f"\n{len(r.skipped)} image(s) skipped as unreadable:")
+        lines.append(f"\n{len(r.skipped)} skipped (images that cannot be read, rows of the "
+                     f"manifest that name no image to use):")
         lines += [f"  {plain(p)}: {plain(why)}" for p, why in r.skipped]
     return "\n".join(lines)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from ..runtime import default_workers
 from ..util.processes import die_with_parent
 from ..util.progress import progress_bar
-from .folders import Sample, scan
+from .folders import Sample
 from .images import error_line, read_image
+from .manifest import Manifest, labelled
 
 
 @dataclass
@@ -21,7 +22,7 @@ class CheckReport:
     root: Path
     classes: tuple[str, ...]
     split_counts: dict[str, int]
-    skipped: list[tuple[str, str]]   # (path, why) for each file extract would skip
+    skipped: list[tuple[str, str]]   # (path, why) for each file, or row of a manifest, extract would skip
     ignored: list[tuple[str, str]]   # (path, why) for each folder the scan passes over
     duplicates: list[list[Sample]]   # groups of images with the very same bytes, in scan order
     seconds: float
@@ -38,14 +39,16 @@ def _digest(path: Path) -> tuple[str | None, str | None]:
         return None, error_line(e)
 
 
-def check(data: str | os.PathLike, workers: int | None = None, progress: bool = True) -> CheckReport:
-    """Scan ``data`` as ``extract`` does and decode every image, without running any model.
+def check(data: str | os.PathLike, workers: int | None = None, progress: bool = True,
+          labels: str | os.PathLike | Manifest | None = None) -> CheckReport:
+    """Scan ``data`` as ``extract`` does (with the manifest ``labels``, if given) and decode every
+    image, without running any model.
 
     Reports each file extraction would skip and why, the folders the scan passes over, and the
     groups of images whose bytes are identical (within a split, or leaking across splits).
     """
     start = time.perf_counter()
-    dataset = scan(data)
+    dataset = labelled(data, labels)
     paths = [dataset.root / s.path for s in dataset.samples]
     workers = default_workers() if workers is None else workers
     with concurrent.futures.ProcessPoolExecutor(workers, initializer=die_with_parent) if workers \
@@ -53,7 +56,7 @@ def check(data: str | os.PathLike, workers: int | None = None, progress: bool = 
         digests = pool.map(_digest, paths, chunksize=16) if pool else map(_digest, paths)
         results = list(progress_bar(len(paths), "check", enabled=progress, iterable=digests))
     groups: dict[str, list[Sample]] = {}
-    skipped = []
+    skipped = list(dataset.refused)
     for s, (digest, error) in zip(dataset.samples, results, strict=True):
         if digest is None:
             skipped.append((s.path.as_posix(), error))

@@ -40,6 +40,7 @@ class Dataset:
     classes: tuple[str, ...]
     samples: tuple[Sample, ...]
     ignored: tuple[tuple[str, str], ...] = ()  # (path relative to root, why) the scan passed over
+    refused: tuple[tuple[str, str], ...] = ()  # (what, why) for each row of a manifest not used
 
     def subset(self, indices: Iterable[int]) -> Dataset:
         """The same dataset with only the samples at ``indices``, in that order."""
@@ -107,7 +108,7 @@ def find_images(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> 
     return found
 
 
-def _sample(root: Path, path: Path, label: int, split: str) -> Sample:
+def sample(root: Path, path: Path, label: int, split: str) -> Sample:
     try:
         st = os.stat(root / path)
     except OSError:
@@ -130,7 +131,7 @@ def _linked_class(path: Path, class_dirs: dict[Path, str], cls: str) -> str | No
     return next((c for d, c in class_dirs.items() if c != cls and real.is_relative_to(d)), None)
 
 
-def _named(folder: str | os.PathLike) -> Path:
+def named(folder: str | os.PathLike) -> Path:
     """``folder`` as a path; an empty name is refused, where ``Path("")`` would be the current
     folder and a run would quietly take in whatever is there."""
     if not os.fspath(folder):
@@ -140,7 +141,7 @@ def _named(folder: str | os.PathLike) -> Path:
 
 def scan(root: str | os.PathLike) -> Dataset:
     """Read a labelled image folder's layout without opening any image."""
-    root = _named(root)
+    root = named(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give the folder that holds one subfolder per class")
     subdirs = _subdirs(root)
@@ -173,7 +174,7 @@ def scan(root: str | os.PathLike) -> Dataset:
         raise DataError(f"no images found in {root}: featx reads "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} files in one subfolder per class")
     classes = tuple(sorted(per_class))
-    samples = tuple(_sample(root, path, label, split) for label, cls in enumerate(classes)
+    samples = tuple(sample(root, path, label, split) for label, cls in enumerate(classes)
                     for path, split in per_class[cls])
     order = {split: i for i, split in enumerate(SPLITS)}
     samples = tuple(sorted(samples, key=lambda s: (order[s.split], s.path)))
@@ -183,7 +184,7 @@ def scan(root: str | os.PathLike) -> Dataset:
 def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) -> Dataset:
     """Every image below ``folder``; labelled where its first subfolder is one of ``classes``
     (or its second, below a split folder such as ``val/``, so a whole dataset can be scored)."""
-    folder = _named(folder)
+    folder = named(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder: give a folder of images to score")
     index = {c: i for i, c in enumerate(classes)}
@@ -195,7 +196,7 @@ def scan_unlabelled(folder: str | os.PathLike, classes: tuple[str, ...] = ()) ->
         return index.get(dirs[0], -1) if dirs else -1
 
     ignored: list[tuple[Path, str]] = []
-    samples = tuple(_sample(folder, p, label(p), "") for p in find_images(folder, ignored))
+    samples = tuple(sample(folder, p, label(p), "") for p in find_images(folder, ignored))
     if not samples:
         raise DataError(f"no images found in {folder} (looked for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))} in any letter case)")

@@ -40,6 +40,7 @@ class ExtractResult:
     up_to_date: bool = False
     failed: list[tuple[str, str]] = field(default_factory=list)
     n_reused: int = 0  # images whose features came from the cache or an interrupted run
+    n_refused: int = 0  # rows of the manifest that name no image to use (in ``failed`` too)
     execution: str = ""  # what computed the features extracted this time (``extraction.execution``)
     dtype: str = "float32"  # the features' precision, and why that one (``engine.precision``)
     why_dtype: str = ""
@@ -79,7 +80,8 @@ def update_cache(path: Path, dataset: Dataset, model: FeatureExtractor, engine: 
         found = {**plan.found, **reuse.plan(dataset, store.written, plan.todo).found}
         contents = Contents.of(dataset, found, failed)
         result = ExtractResult(path, len(found), len(failed), 0.0, failed=list(contents.failed),
-                               n_reused=len(plan.found), execution=execution, dtype=dtype,
+                               n_reused=len(plan.found), n_refused=len(dataset.refused),
+                               execution=execution, dtype=dtype,
                                why_dtype=placement.why_dtype,
                                up_to_date=old is not None and old.contents == contents)
         if not result.up_to_date:

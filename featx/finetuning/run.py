@@ -28,7 +28,8 @@ from ..backbones.extractor import blocks, save_weights
 from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle, writing
 from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
-from ..data.folders import SPLITS, Dataset, scan
+from ..data.folders import SPLITS, Dataset
+from ..data.manifest import Manifest, labelled
 from ..data.readers import ImageReader, collate
 from ..errors import BundleError, CacheError, DataError
 from ..evaluation import (
@@ -115,13 +116,14 @@ def _partition(dataset: Dataset, source: Bundle) -> dict[str, np.ndarray]:
     return parts
 
 
-def _source(data: str | os.PathLike, bundle: str | os.PathLike | Bundle) -> tuple[Bundle, Dataset]:
+def _source(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
+            labels: str | os.PathLike | Manifest | None) -> tuple[Bundle, Dataset]:
     """The saved bundle to start from, and the data it was fitted on (its classes checked)."""
     source = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if source.path is None:
         raise BundleError("fine-tuning starts from a saved bundle (it records the split and the "
                           "checkpoint beside it): call Bundle.save(folder) first")
-    dataset = scan(data)
+    dataset = labelled(data, labels)
     if list(dataset.classes) != list(source.classes):
         raise DataError(f"{dataset.root} has classes {', '.join(dataset.classes)}, but the bundle "
                         f"{source.path} was fitted on {', '.join(source.classes)}: fine-tune on "
@@ -381,8 +383,8 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, h
 
 def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
              out: str | os.PathLike | None = None, recipe: Recipe | None = None, resume: bool = False,
-             runtime: Runtime | None = None, tensorboard: str | os.PathLike | None = None
-             ) -> FinetuneResult:
+             runtime: Runtime | None = None, tensorboard: str | os.PathLike | None = None,
+             labels: str | os.PathLike | Manifest | None = None) -> FinetuneResult:
     """Fine-tune the backbone of ``bundle`` together with its head on the images in ``data``, and
     write a new bundle (default: ``<bundle>.finetuned``) holding the fine-tuned backbone.
 
@@ -391,11 +393,12 @@ def finetune(data: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     already at ``out``, if any, is replaced only once the new one is whole. ``runtime``: device,
     workers and progress; the base runs eagerly, being trained, and validates at the recipe's
     batch size unless it says one.
-    ``tensorboard``: a folder for each epoch's figures and the confusion matrix.
+    ``tensorboard``: a folder for each epoch's figures and the confusion matrix. ``labels``: the
+    manifest the head's cache was extracted with, if it was (``extract``'s).
     """
     start = time.perf_counter()
     recipe, runtime = recipe or Recipe(), runtime or Runtime()
-    source, dataset = _source(data, bundle)
+    source, dataset = _source(data, bundle, labels)
     parts = _partition(dataset, source)
     out = Path(out) if out else source.path.with_name(source.path.name + ".finetuned")
     # One run to a bundle at a time: two would train into one checkpoint, one bundle's history

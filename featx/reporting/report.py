@@ -25,7 +25,7 @@ from ..backbones.preprocessing import Preprocessing
 from ..bundle import Bundle, load_bundle
 from ..cache.format import data_id
 from ..cache.reader import FeatureCache, open_cache
-from ..data.folders import SPLITS, Dataset, scan
+from ..data.folders import SPLITS, Dataset, Sample, scan
 from ..data.images import load_rgb
 from ..errors import BundleError, CacheError, ConfigError, DataError, first_line
 from ..evaluation import METRICS, PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
@@ -307,7 +307,7 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
         _data_section(page, fc, unread)
         _result_sections(page, b)
-        _image_sections(page, b, root)
+        _image_sections(page, b, root, fc)
         if scores is not None:
             _scores(page, Path(scores), *scored)
         else:
@@ -368,6 +368,15 @@ def _named_data(b: Bundle, fc: FeatureCache | None) -> Path | None:
     return folder if folder.is_dir() and fc.attrs.get("data_id") == data_id(folder) else None
 
 
+def _labelled_images(root: Path, fc: FeatureCache | None) -> Dataset:
+    """The images the head was fitted on: as the cache lists them (labelled by class folders or
+    by a manifest), else as the folder's class subfolders hold them."""
+    if fc is None:
+        return scan(root)
+    rows = zip(fc.paths, fc.labels, fc.splits, strict=True)
+    return Dataset(root, tuple(fc.classes), tuple(Sample(Path(p), int(n), str(s)) for p, n, s in rows))
+
+
 def _data_section(page: _Page, fc: FeatureCache | None, unread: str | None) -> None:
     if fc is None:
         page.missing("data", f"the bundle's cache cannot be read, so its counts are not shown ({unread})")
@@ -383,7 +392,7 @@ def _data_section(page: _Page, fc: FeatureCache | None, unread: str | None) -> N
         page.add("data", _note("every image could be read."))
 
 
-def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
+def _image_sections(page: _Page, b: Bundle, root: Path | None, fc: FeatureCache | None) -> None:
     sections = ("predictions", "mistakes", "samples", "augmentation")
     if root is None or not b.identity.preprocessing:
         why = ("the image folder is not known (none named, or not the one the bundle's cache was "
@@ -405,6 +414,6 @@ def _image_sections(page: _Page, b: Bundle, root: Path | None) -> None:
     if "predictions" not in page.parts:
         for s in ("predictions", "mistakes"):
             page.missing(s, "the bundle holds no held-out predictions (no validation split)")
-    dataset = scan(root)
+    dataset = _labelled_images(root, fc)
     _sample_pictures(page, found, dataset, b.classes)
     _augmentation_pictures(page, found, dataset, b)

@@ -20,7 +20,8 @@ import numpy as np
 from ..bundle import Bundle, backbone_for, load_bundle
 from ..cache.format import default_path
 from ..cache.reader import open_cache
-from ..data.folders import Dataset, scan_unlabelled
+from ..data.folders import Dataset
+from ..data.manifest import Manifest, to_score
 from ..errors import ConfigError
 from ..evaluation import Tally
 from ..extraction.engine import Engine
@@ -63,7 +64,8 @@ class ScoreResult:
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,
-          engine: str | RayEngine = "local", dtype: str | None = None, force: bool = False) -> ScoreResult:
+          engine: str | RayEngine = "local", dtype: str | None = None, force: bool = False,
+          labels: str | os.PathLike | Manifest | None = None) -> ScoreResult:
     """Score every image below ``folder`` (recursively) and write one CSV row per image.
 
     Images whose first subfolder is named like one of the bundle's classes count as labelled,
@@ -72,13 +74,14 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     ``runtime`` and ``engine`` are as for ``extract``. ``dtype``: the features' precision (None:
     the one the bundle's head was fitted on). ``force``: replace an ``out`` (or the metrics and
     picture beside it) that featx did not write; the bundle's files and the features are never
-    replaced.
+    replaced. ``labels``: a manifest (``extract``'s) naming the images to score and their labels,
+    instead of every image below ``folder`` labelled by its subfolder.
     """
     start = time.perf_counter()
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     # A missing device, or what cannot run on it, fails before any scan or model load.
     runs = _placed(b, runtime, engine, dtype)
-    dataset = scan_unlabelled(folder, tuple(b.classes))
+    dataset = to_score(folder, tuple(b.classes), labels)
     model = backbone_for(b, weights)
     folder, scores = Path(folder), Path(cache_dir) / "scores"
     named = Path(b.path or "bundle")
@@ -107,7 +110,8 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
         raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another `out`; "
                           f"the features are kept in {extracted.path}, so the next run only "
                           f"classifies") from e
-    result = ScoreResult(csv_path, len(rows), len(fc.failed), time.perf_counter() - start,
+    n_failed = len(fc.failed) - len(dataset.refused)  # images; the manifest's rows are no images
+    result = ScoreResult(csv_path, len(rows), n_failed, time.perf_counter() - start,
                          {c: int(n) for c, n in zip(b.classes, counts, strict=True)},
                          metrics=found, failed=fc.failed, features=extracted)
     if found:
@@ -151,9 +155,10 @@ def quantized_graph(b: Bundle) -> Path:
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
                errors: dict[str, str]) -> tuple[Tally, np.ndarray]:
-    """One row per image: its path, the predicted class, its label where its folder names one,
-    each class's probability, and why it was skipped; returns the metrics of the labelled
-    images, and how many images each class was predicted for."""
+    """One row per image: its path, the predicted class, its label where its folder (or the
+    manifest) names one, each class's probability, and why it was skipped; then one per row of
+    the manifest not used, with why; returns the metrics of the labelled images, and how many
+    images each class was predicted for."""
     labelled = any(s.label >= 0 for s in dataset.samples)
     counts = np.zeros(len(classes), int)
     truth: list[int] = []
@@ -177,6 +182,8 @@ def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str,
                 truth.append(s.label)
                 known.append(p)
             w.writerow([cell(name), cell(classes[k]), *label, *(f"{v:.6f}" for v in p), ""])
+        for name, why in dataset.refused:
+            w.writerow([cell(name), "", *[""] * labelled, *[""] * len(classes), cell(why)])
     tally = Tally(classes)
     if truth:
         tally.add(np.array(truth), np.array(known))
