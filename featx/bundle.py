@@ -21,7 +21,8 @@ import dataclasses
 import datetime
 import json
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2  # 2: every file listed and checked, the head as safetensors; 1: head.joblib
 BUNDLE_FILE = "bundle.json"
+# The images a head was fitted on (``Bundle.fitted_images``): each one's ``image_key``, sorted, as
+# big-endian uint64s, 8 bytes an image, so that scoring can say which images were not held out
+# without the cache.
+FITTED_FILE = "fitted_images.u64"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Provenance entries of ``info`` that are paths: kept relative to the bundle folder in the file,
 # so that a bundle handed on names no one's home folder, and absolute in memory.
 _PATHS = ("cache", "finetuned_from", "data")
@@ -110,6 +116,17 @@ class Bundle:
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probabilities with one column per entry of ``classes``, in that order."""
         return class_proba(self.head, features, len(self.classes))
+
+    def fitted_images(self) -> np.ndarray | None:
+        """The ``image_key``s of the images the head was fitted on, sorted; None where the bundle
+        does not record them (one of an earlier featx, or of features from elsewhere)."""
+        if self.path is None or FITTED_FILE not in self.files:
+            return None
+        data = (self.path / FITTED_FILE).read_bytes()
+        if len(data) % 8:
+            raise BundleError(f"{self.path / FITTED_FILE} is {len(data)} bytes, not 8 an image: "
+                              f"fit the head again")
+        return np.frombuffer(data, ">u8").astype(np.uint64)
 
     def own_files(self) -> list[Path]:
         """bundle.json and every file it lists: what no output of a run that reads the bundle
@@ -284,6 +301,19 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     info = _absolute({k: v for k, v in doc.items() if k not in _KNOWN}, path)
     return Bundle(identity=identity, classes=classes, head=head, model=model, dtype=dtype,
                   metrics=doc.get("metrics", {}), info=info, path=path, files=doc["files"])
+
+
+def image_keys(digests: Iterable[str]) -> np.ndarray:
+    """Each image's sha256 (hex) as its first 8 bytes, a uint64: a key that tells one image from
+    a million others (two of n images share one by chance with odds of about n²/2⁶⁵); a digest
+    that is no sha256 (``write_cache`` records none) gives 0, which no head records."""
+    return np.array([int(d[:16], 16) if _SHA256.fullmatch(d) else 0 for d in digests], np.uint64)
+
+
+def write_fitted_images(folder: Path, keys: np.ndarray) -> None:
+    keys = np.unique(keys[keys != 0])
+    if len(keys):
+        (folder / FITTED_FILE).write_bytes(keys.astype(">u8").tobytes())
 
 
 def _check_head(head: BaseEstimator, identity: FeatureIdentity, classes: list[str]) -> None:

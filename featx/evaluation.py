@@ -29,11 +29,16 @@ TOP_K = 5
 # What ``Tally.result`` writes (in bundle.json, beside score's CSV), as a file read back may hold
 # it: figures only shown may be NaN, counts are whole numbers.
 _SHARE = Num(0, 1, finite=False)
-METRICS = Record({"n": Int(), "accuracy": _SHARE, "accuracy_ci95": Items(_SHARE, 2),
-                  "per_class": Record(other=Record({k: _SHARE for k in ("precision", "recall", "f1")}
-                                                   | {"support": Int()},
-                                                   required=("precision", "recall", "f1", "support"))),
-                  "confusion": Grid()}, required=("n", "accuracy"), other=Num(finite=False))
+_FIELDS = {"n": Int(), "accuracy": _SHARE, "accuracy_ci95": Items(_SHARE, 2),
+           "per_class": Record(other=Record({k: _SHARE for k in ("precision", "recall", "f1")}
+                                            | {"support": Int()},
+                                            required=("precision", "recall", "f1", "support"))),
+           "confusion": Grid()}
+# Score's metrics add, where the head was fitted on some of the images (``n_fitted``), the
+# metrics of the others, the held-out ones.
+METRICS = Record({**_FIELDS, "n_fitted": Int(),
+                  "held_out": Record(_FIELDS, required=("n", "accuracy"), other=Num(finite=False))},
+                 required=("n", "accuracy"), other=Num(finite=False))
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -78,6 +83,10 @@ class Tally:
         if k == 2:
             self.binary.append((y, proba[:, 1]))
         return self
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
 
     def result(self) -> dict:
         """JSON-ready: n, accuracy with its 95 % Wilson interval, balanced accuracy, log loss,

@@ -176,8 +176,9 @@ def test_finetune_starts_where_the_head_was_and_writes_a_scorable_bundle(source,
     assert r.unfreeze == "top:2" and r.trainable + r.frozen == sum(
         p.numel() for p in featx.load_backbone(weights="none").parameters()) + 1280 * 2 + 2
     assert sorted(p.name for p in r.bundle.iterdir()) == [
-        "backbone.safetensors", "bundle.json", "confusion_val.png", "head.safetensors",
+        "backbone.safetensors", "bundle.json", "confusion_val.png", "fitted_images.u64", "head.safetensors",
         "history.csv", "history.json", "history.png", "predictions.csv"]  # no checkpoint: gone with the run
+    assert (r.bundle / "fitted_images.u64").read_bytes() == (bundle / "fitted_images.u64").read_bytes()
     # The best epoch, mixed with the head at a grid of weights and either side of the best of it.
     assert r.best_epoch > 0 and r.verdict.kept == "finetuned"
     alphas = [m.alpha for m in r.mixing]

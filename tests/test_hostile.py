@@ -420,8 +420,8 @@ def test_the_data_folder_bundle_json_names_is_used_only_where_its_cache_was_made
     elsewhere = write_folder(tmp_path / "elsewhere", {"": 2})  # images, but not the cache's
     crafted = _edited_bundle(bundle, tmp_path, lambda d: d.update(
         data=str(elsewhere), cache=str(root.parent / "colours.h5")))  # a cache of root, found
-    walked = []
-    monkeypatch.setattr(report_mod, "scan", lambda p: walked.append(Path(p)) or featx.scan(p))
+    walked, images = [], report_mod._Images  # where the report reads images from
+    monkeypatch.setattr(report_mod, "_Images", lambda p, *a: walked.append(Path(p)) or images(p, *a))
     assert main(["report", str(crafted), "--out", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert walked == [] and "pass --data with it" in out

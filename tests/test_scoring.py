@@ -42,7 +42,9 @@ def test_a_labelled_folder_gets_accuracy_and_a_plot(bundle, tmp_path):
     assert by_path["unsorted/x.png"]["label"] == "" and by_path["unsorted/x.png"]["predicted"] == "red"
     assert by_path["red/bad.jpg"]["predicted"] == "" and by_path["red/bad.jpg"]["error"]
     assert abs(float(by_path["red/red1.png"]["p_red"]) + float(by_path["red/red1.png"]["p_blue"]) - 1) < 1e-5
-    assert "skipped red/bad.jpg: " in summary(r) and "labelled  n=6      accuracy=1.0000" in summary(r)
+    # write_folder draws the same noise as the training images': the head was fitted on them.
+    assert "skipped red/bad.jpg: " in summary(r) and "all       n=6      accuracy=1.0000" in summary(r)
+    assert r.n_fitted == 6 and "the head was fitted on all 6 labelled images" in summary(r)
     found = json.loads(r.csv.with_suffix(".metrics.json").read_text())
     assert found == r.metrics and found["n"] == 6 and found["confusion"] == [[3, 0], [0, 3]]
 
@@ -120,3 +122,44 @@ def test_an_earlier_bundle_without_a_dtype_is_float32(bundle, tmp_path):
     del doc["dtype"]
     (old / "bundle.json").write_text(json.dumps(doc))
     assert featx.load_bundle(old).dtype == "float32"
+
+
+def test_score_says_which_images_the_head_was_fitted_on_and_gives_the_held_out_figure_apart(tmp_path):
+    root = tmp_path / "colours"
+    for k, (split, n) in enumerate({"train": 6, "val": 3, "test": 2}.items()):  # no two images alike
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            for i in range(n):
+                write_image(root / split / name / f"{name}{i}.png", colour, seed=100 * k + 10 * c + i)
+    cache = featx.extract(root, out=tmp_path / "c.h5", **FAST).path
+    refit = featx.fit_head(cache).bundle  # searched, then fitted again on train+val
+    alone = featx.fit_head(cache, search=False, out=tmp_path / "alone").bundle  # on train only
+
+    val = featx.score(root / "val", refit, out=tmp_path / "v.csv", **RUN)
+    assert (val.n_labelled, val.n_fitted, val.held_out) == (6, 6, None)
+    assert "the head was fitted on all 6 labelled images" in summary(val)
+    assert re.search(r"^all +n=6 .*\(not held out\)", summary(val), re.M)
+    # The whole folder: train and val were fitted on, test is held out.
+    whole = featx.score(root, refit, out=tmp_path / "w.csv", **RUN)
+    assert (whole.n_labelled, whole.n_fitted, whole.held_out["n"]) == (22, 18, 4)
+    assert json.loads(whole.csv.with_suffix(".metrics.json").read_text())["held_out"]["n"] == 4
+    assert re.search(r"^held-out +n=4 ", summary(whole), re.M)
+    # By their bytes: a copy under another name is still an image the head was fitted on.
+    copied = tmp_path / "copied" / "red"
+    copied.mkdir(parents=True)
+    (copied / "renamed.png").write_bytes((root / "val" / "red" / "red0.png").read_bytes())
+    assert featx.score(copied.parent, refit, out=tmp_path / "c.csv", **RUN).n_fitted == 1
+    # Fitted on train alone, val is held out, and the figures are as ever.
+    held = featx.score(root / "val", alone, out=tmp_path / "a.csv", **RUN)
+    assert held.n_fitted == 0 and held.held_out == held.metrics and "held out" not in summary(held)
+
+
+def test_a_bundle_that_records_no_fitted_images_is_scored_as_before(bundle, tmp_path):
+    import shutil
+
+    old = shutil.copytree(bundle, tmp_path / "old")
+    doc = json.loads((old / "bundle.json").read_text())
+    del doc["files"]["fitted_images.u64"]
+    (old / "fitted_images.u64").unlink()
+    (old / "bundle.json").write_text(json.dumps(doc))
+    r = featx.score(write_folder(tmp_path / "new", {"": 2}), old, **RUN)
+    assert r.n_fitted == 0 and r.n_labelled == 4 and featx.load_bundle(old).fitted_images() is None

@@ -228,6 +228,19 @@ def _complete(f: h5py.File) -> bool:
         return False
 
 
+def digests(path: str | os.PathLike) -> list[str]:
+    """The sha256 of each row's image file, in the order of the rows of the cache at ``path``
+    (read apart from ``open_cache``, for the few that need them)."""
+    with _reading(Path(path)), h5py.File(path, "r") as f:
+        try:
+            found = strings(f["files/sha256"])
+            if len(found) != len(f["paths"]):
+                raise ValueError(f"{len(found)} digests for {len(f['paths'])} rows")
+        except (KeyError, ValueError, TypeError) as e:
+            raise CacheError(f"{path} is damaged ({first_line(e)}): extract it again") from e
+    return found
+
+
 def open_cache(path: str | os.PathLike, identity: FeatureIdentity | None = None,
                in_memory: bool = True) -> FeatureCache:
     """Read a cache; with ``identity`` (a bundle's, say), refuse one whose features differ.

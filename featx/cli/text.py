@@ -133,7 +133,15 @@ def scored(r: ScoreResult) -> str:
              f"{rate:.1f} img/s -> {plain(r.csv)}",
              *([f"features: {extracted(r.features)}"] if r.features else []),
              "predicted: " + ", ".join(f"{plain(c)} {n}" for c, n in r.predicted.items())]
-    if r.metrics:
+    if r.n_fitted:
+        some = f"{r.n_fitted} of the {r.n_labelled}" if r.n_fitted < r.n_labelled else f"all {r.n_fitted}"
+        lines.append(f"the head was fitted on {some} labelled images (known by their bytes; fit-head "
+                     f"fits again on train+val after its search): their predictions are not held "
+                     f"out, fit-head's own val line is (featx info BUNDLE)")
+        if r.held_out:
+            lines.append(metrics_line("held-out", r.held_out))
+        lines.append(metrics_line("all", r.metrics) + f"  (not held out) -> {plain(metrics_path(r.csv))}")
+    elif r.metrics:
         lines.append(metrics_line("labelled", r.metrics) + f" -> {plain(metrics_path(r.csv))}")
     lines += _capped([skipped(path, err) for path, err in r.failed], SHOWN)
     return "\n".join(lines)

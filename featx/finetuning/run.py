@@ -25,7 +25,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ..backbones.extractor import blocks, save_weights
-from ..bundle import BUNDLE_FILE, Bundle, backbone_for, check_out, load_bundle, writing
+from ..bundle import BUNDLE_FILE, FITTED_FILE, Bundle, backbone_for, check_out, load_bundle, writing
 from ..cache.reader import FeatureCache, open_cache
 from ..data.augmentation import train_transform
 from ..data.folders import SPLITS, Dataset
@@ -377,6 +377,8 @@ def _write_bundle(run: _Run, source: Bundle, results: dict, chosen: Candidate, h
                              f"fine-tuned {extractor.spec.name}: val accuracy "
                              f"{chosen.metrics['accuracy']:.3f}")
         write_predictions(folder / PREDICTIONS_FILE, held, list(source.classes))
+        if FITTED_FILE in source.files:  # trained on train, from a head fitted on no more than these
+            shutil.copy2(source.path / FITTED_FILE, folder / FITTED_FILE)
 
     bundle.save(run.out, backbone_and_pictures)
 

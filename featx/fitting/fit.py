@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, check_out, writing
+from ..bundle import Bundle, check_out, image_keys, write_fitted_images, writing
 from ..cache.format import data_folder
-from ..cache.reader import DiskFeatures, FeatureCache, open_cache
+from ..cache.reader import DiskFeatures, FeatureCache, digests, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import PREDICTIONS_FILE, split_digest, split_indices, write_predictions
 from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, TORCH_HEADS, make_head
@@ -188,16 +188,20 @@ def _fitted(fc: FeatureCache, path: Path, model: str, params: dict, val_split: f
         predictions = {"val": found.predictions, **predictions}
     history = found.best.history if found else getattr(head, "history_", None)
     plots: list[str] = []
-    bundle.save(path, lambda folder: plots.extend(_files(folder, fc, bundle, predictions, found, history)))
+    rows = fitted.get("train+val", fitted.get("train"))
+    bundle.save(path, lambda folder: plots.extend(_files(folder, fc, bundle, predictions, found, history,
+                                                         rows)))
     if board is not None:
         board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
 
 
 def _files(folder: Path, fc: FeatureCache, bundle: Bundle, predictions: dict,
-           found: SearchResult | None, history: list | None) -> list[str]:
-    """The bundle's files besides its head: pictures and held-out predictions, and for int8
-    features the graph that computed them; returns the pictures' names."""
+           found: SearchResult | None, history: list | None, rows: np.ndarray) -> list[str]:
+    """The bundle's files besides its head: pictures and held-out predictions, which images
+    (``rows``) the head was fitted on, and for int8 features the graph that computed them;
+    returns the pictures' names."""
+    write_fitted_images(folder, image_keys(digests(fc.path))[rows])
     _copy_graph(fc, folder)
     return _pictures(folder, bundle, predictions, found, history,
                      f"{bundle.model} on {fc.attrs['backbone']}")

@@ -258,7 +258,12 @@ def _scores(page: _Page, scores: Path, rows: list[dict], m: dict | None) -> None
     failed = [[uncell(r["path"]), uncell(r["error"])] for r in rows if r.get("error")]
     page.add("scores", _note(f"{scores}: {len(rows)} images, {len(failed)} skipped."),
              _table(["predicted class", "images"], [[c, n] for c, n in sorted(counts.items())]))
-    if m:
+    if m and m.get("n_fitted"):
+        page.add("scores", _note(f"The head was fitted on {m['n_fitted']} of these {m['n']} labelled "
+                                 f"images: their predictions are not held out."),
+                 _metrics_table({**({"held-out": m["held_out"]} if "held_out" in m else {}),
+                                 "all (not held out)": m}), _per_class_table(m))
+    elif m:
         page.add("scores", _metrics_table({"labelled": m}), _per_class_table(m))
     if scores.with_suffix(".png").is_file():
         page.picture("scores", scores.with_suffix(".png"))

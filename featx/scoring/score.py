@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, backbone_for, load_bundle
+from ..bundle import Bundle, backbone_for, image_keys, load_bundle
 from ..cache.format import default_path
-from ..cache.reader import open_cache
+from ..cache.reader import digests, open_cache
 from ..data.folders import Dataset
 from ..data.manifest import Manifest, to_score
 from ..errors import ConfigError
@@ -49,7 +49,7 @@ class ScoreResult:
     n_failed: int
     seconds: float
     predicted: dict[str, int]          # class -> number of images predicted as it
-    metrics: dict | None = None        # over images whose folder names their class (``Tally``)
+    metrics: dict | None = None        # over the labelled images, held out or not (``Tally``)
     failed: list[tuple[str, str]] = field(default_factory=list)
     plot: Path | None = None
     features: ExtractResult | None = None  # how the folder's feature cache was brought up to date
@@ -61,6 +61,17 @@ class ScoreResult:
     @property
     def n_labelled(self) -> int:
         return self.metrics["n"] if self.metrics else 0
+
+    @property
+    def n_fitted(self) -> int:
+        """Labelled images the bundle's head was fitted on: ``metrics`` is not held out for them."""
+        return self.metrics.get("n_fitted", 0) if self.metrics else 0
+
+    @property
+    def held_out(self) -> dict | None:
+        """The metrics of the labelled images the head was not fitted on (all of them where it was
+        fitted on none)."""
+        return self.metrics.get("held_out") if self.n_fitted else self.metrics
 def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
           out: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
           cache_dir: str | os.PathLike = "cache", runtime: Runtime | None = None,
@@ -97,9 +108,12 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads
         proba[rows] = b.predict_proba(features)
     rows = dict(zip(fc.paths, proba, strict=True))
+    fitted = _fitted_on(b, extracted.path, fc.paths)
     try:
-        tally, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed))
+        tally, held, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed), fitted)
         found = tally.result() if tally.confusion.any() else None
+        if found and held.n < tally.n:  # the head was fitted on some: say which figure is held out
+            found |= {"n_fitted": tally.n - held.n, **({"held_out": held.result()} if held.n else {})}
         if found:
             with durable_write(metrics_path(csv_path)) as tmp:
                 tmp.write_text(json.dumps(found, indent=1))
@@ -119,6 +133,16 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                                            csv_path.with_suffix(".png"),
                                            f"{folder.name}: accuracy {found['accuracy']:.3f}")
     return result
+
+
+def _fitted_on(b: Bundle, features: Path, paths: list[str]) -> set[str]:
+    """Which of the images (``paths``, the rows of the cache ``features``) ``b``'s head was
+    fitted on: by their bytes, as the bundle records them, so wherever they are now."""
+    keys = b.fitted_images()
+    if keys is None:
+        return set()
+    known = np.isin(image_keys(digests(features)), keys)
+    return {paths[i] for i in np.flatnonzero(known)}
 
 
 def _placed(b: Bundle, runtime: Runtime | None, engine: str | RayEngine, dtype: str | None) -> Engine:
@@ -154,15 +178,17 @@ def quantized_graph(b: Bundle) -> Path:
 
 
 def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str, np.ndarray],
-               errors: dict[str, str]) -> tuple[Tally, np.ndarray]:
+               errors: dict[str, str], fitted: set[str]) -> tuple[Tally, Tally, np.ndarray]:
     """One row per image: its path, the predicted class, its label where its folder (or the
     manifest) names one, each class's probability, and why it was skipped; then one per row of
-    the manifest not used, with why; returns the metrics of the labelled images, and how many
-    images each class was predicted for."""
+    the manifest not used, with why; returns the metrics of the labelled images, of those of
+    them the head was not fitted on (``fitted``), and how many images each class was predicted
+    for."""
     labelled = any(s.label >= 0 for s in dataset.samples)
     counts = np.zeros(len(classes), int)
     truth: list[int] = []
     known: list[np.ndarray] = []
+    held: list[bool] = []
     # A file name that is not valid UTF-8 is written as its own bytes, as the file system has it.
     with durable_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                           errors="surrogateescape") as f:
@@ -181,10 +207,13 @@ def _write_csv(path: Path, dataset: Dataset, classes: list[str], rows: dict[str,
             if s.label >= 0:
                 truth.append(s.label)
                 known.append(p)
+                held.append(name not in fitted)
             w.writerow([cell(name), cell(classes[k]), *label, *(f"{v:.6f}" for v in p), ""])
         for name, why in dataset.refused:
             w.writerow([cell(name), "", *[""] * labelled, *[""] * len(classes), cell(why)])
-    tally = Tally(classes)
+    tally, held_out = Tally(classes), Tally(classes)
     if truth:
-        tally.add(np.array(truth), np.array(known))
-    return tally, counts
+        truth, known, held = np.array(truth), np.array(known), np.array(held)
+        tally.add(truth, known)
+        held_out.add(truth[held], known[held])
+    return tally, held_out, counts
