@@ -108,18 +108,9 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
     for rows, features in fc.features.blocks():  # a block at a time, as fit-head reads
         proba[rows] = b.predict_proba(features)
     rows = dict(zip(fc.paths, proba, strict=True))
-    fitted = _fitted_on(b, extracted.path, fc.paths)
     try:
-        tally, held, counts = _write_csv(csv_path, dataset, b.classes, rows, dict(fc.failed), fitted)
-        found = tally.result() if tally.confusion.any() else None
-        if found and held.n < tally.n:  # the head was fitted on some: say which figure is held out
-            found |= {"n_fitted": tally.n - held.n, **({"held_out": held.result()} if held.n else {})}
-        if found:
-            with durable_write(metrics_path(csv_path)) as tmp:
-                tmp.write_text(json.dumps(found, indent=1))
-        else:  # an earlier run's, for other images: it would be read as this one's
-            metrics_path(csv_path).unlink(missing_ok=True)
-            csv_path.with_suffix(".png").unlink(missing_ok=True)
+        found, counts = _write(csv_path, dataset, b, rows, dict(fc.failed),
+                               _fitted_on(b, extracted.path, fc.paths))
     except OSError as e:
         raise ConfigError(f"cannot write {csv_path} ({e.strerror or e}): choose another `out`; "
                           f"the features are kept in {extracted.path}, so the next run only "
@@ -133,6 +124,23 @@ def score(folder: str | os.PathLike, bundle: str | os.PathLike | Bundle,
                                            csv_path.with_suffix(".png"),
                                            f"{folder.name}: accuracy {found['accuracy']:.3f}")
     return result
+
+
+def _write(csv_path: Path, dataset: Dataset, b: Bundle, rows: dict[str, np.ndarray], errors: dict[str, str],
+           fitted: set[str]) -> tuple[dict | None, np.ndarray]:
+    """The CSV and, where images are labelled, the metrics beside it; returns those metrics and
+    how many images each class was predicted for."""
+    tally, held, counts = _write_csv(csv_path, dataset, b.classes, rows, errors, fitted)
+    found = tally.result() if tally.confusion.any() else None
+    if found and held.n < tally.n:  # the head was fitted on some: say which figure is held out
+        found |= {"n_fitted": tally.n - held.n, **({"held_out": held.result()} if held.n else {})}
+    if found:
+        with durable_write(metrics_path(csv_path)) as tmp:
+            tmp.write_text(json.dumps(found, indent=1))
+    else:  # an earlier run's, for other images: it would be read as this one's
+        metrics_path(csv_path).unlink(missing_ok=True)
+        csv_path.with_suffix(".png").unlink(missing_ok=True)
+    return found, counts
 
 
 def _fitted_on(b: Bundle, features: Path, paths: list[str]) -> set[str]:
