@@ -2,6 +2,7 @@
 
     featx.extract(DATA)              -> ExtractResult (HDF5 cache of features)
     featx.fit_head(CACHE, "logistic") -> FitResult (model bundle)
+    featx.audit(CACHE)               -> AuditResult (suspected label errors, near-duplicates, leaks)
     featx.finetune(DATA, BUNDLE)     -> FinetuneResult (bundle with a fine-tuned backbone)
     featx.score(FOLDER, BUNDLE)      -> ScoreResult (CSV of predictions)
     featx.export(BUNDLE)             -> ExportResult (one ONNX model: images to probabilities)
@@ -31,6 +32,7 @@ from .version import __version__
 _API = {
     "extract": "extraction.extract", "ExtractResult": "extraction.update",
     "fit_head": "fitting.fit", "FitResult": "fitting.fit",
+    "audit": "auditing.audit", "AuditResult": "auditing.audit",
     "finetune": "finetuning.run", "FinetuneResult": "finetuning.run", "Recipe": "finetuning.recipe",
     "score": "scoring.score", "ScoreResult": "scoring.score",
     "export": "scoring.export", "ExportResult": "scoring.export",

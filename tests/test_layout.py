@@ -47,9 +47,9 @@ def test_nothing_inside_the_package_imports_the_package_root():
     assert importers == []
 
 
-# The stages in the order they build on each other: fine-tuning validates with stage one's engine,
-# scoring extracts a folder's features as stage one does.
-STAGES = ("featx.extraction", "featx.fitting", "featx.finetuning", "featx.scoring")
+# The stages in the order they build on each other: auditing fits stage two's logistic heads,
+# fine-tuning validates with stage one's engine, scoring extracts a folder's features as stage one does.
+STAGES = ("featx.extraction", "featx.fitting", "featx.auditing", "featx.finetuning", "featx.scoring")
 
 
 def _stage(module: str) -> int | None:

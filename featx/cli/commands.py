@@ -73,6 +73,14 @@ def _fit_head(args: argparse.Namespace) -> None:
     _say(args, text.fitted(r))
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from ..auditing.audit import audit
+
+    r = audit(args.cache, out=args.out, folds=args.folds, seed=args.seed, similarity=args.similarity,
+              force=args.force)
+    _say(args, text.audited(r))
+
+
 def _finetune(args: argparse.Namespace) -> None:
     from ..finetuning.run import finetune
 
@@ -123,8 +131,9 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"backbones": lambda args: _backbones(args.name, args.layers), "check": _check,
-            "extract": _extract, "fit-head": _fit_head, "finetune": _finetune, "score": _score,
-            "export": _export, "classify": _classify, "info": _info, "report": _report, "demo": _demo}
+            "extract": _extract, "fit-head": _fit_head, "audit": _audit, "finetune": _finetune,
+            "score": _score, "export": _export, "classify": _classify, "info": _info, "report": _report,
+            "demo": _demo}
 
 # Library parameters the command line names otherwise: the parameter -> its options' dests.
 _DESTS = {"bundle": ("source", "model"), "layers": ("layer",), "params": ("param",)}

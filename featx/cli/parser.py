@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 
+from ..auditing.options import FOLDS, SIMILARITY
 from ..backbones.identity import DTYPES
 from ..backbones.registry import DEFAULT_BACKBONE, TOP_LABELS
 from ..backbones.spec import POOLS
@@ -22,6 +23,7 @@ EXAMPLES = {
     "check": "featx check data/hymenoptera",
     "extract": "featx extract data/hymenoptera --backbone resnet50",
     "fit-head": "featx fit-head cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5 --model mlp",
+    "audit": "featx audit cache/hymenoptera-efficientnet_lite0-avg-0123456789.h5",
     "finetune": "featx finetune data/pets --from cache/pets-efficientnet_lite0-avg-0123456789.logistic",
     "score": "featx score new_photos/ --model cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
     "export": "featx export cache/hymenoptera-efficientnet_lite0-avg-0123456789.logistic",
@@ -132,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
                         f"blocks, not read whole: linear and mlp heads learn from them that way "
                         f"({STREAM_EPOCHS} epochs unless -p epochs=N), the others refuse (default "
                         f"{size_text(MAX_MEMORY)})")
+
+    p = command("audit", "find suspected label errors (out-of-fold heads on the cached features), "
+                         "near-duplicates and images in two splits (leaks); write them as a CSV")
+    p.add_argument("cache", help="the .h5 file `featx extract` wrote")
+    p.add_argument("--out", default=None, help="CSV path (default: beside the cache, NAME.audit.csv)")
+    p.add_argument("--folds", type=int, default=FOLDS,
+                   help=f"folds of the out-of-fold heads; each class needs as many images (default {FOLDS})")
+    p.add_argument("--seed", type=int, default=SEED, help="seeds the folds")
+    p.add_argument("--similarity", type=float, default=SIMILARITY,
+                   help=f"the least similarity of two images' features (centred, and whitened where "
+                        f"the cache has the images for it) reported as a pair (default {SIMILARITY})")
+    p.add_argument("--force", action="store_true", help="replace an --out file that featx did not write")
 
     p = command("finetune", "fine-tune the top of the backbone together with a fitted head; write a "
                             "new bundle")

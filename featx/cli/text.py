@@ -12,6 +12,7 @@ from ..data.folders import SPLITS, UNSPLIT
 from ..util.files import metrics_path
 
 if TYPE_CHECKING:
+    from ..auditing.audit import AuditResult
     from ..data.check import CheckReport
     from ..data.folders import Sample
     from ..demo import DemoResult
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # Lines of images ``classified`` shows; the CSV has every one.
 SHOWN = 50
+# Findings of each kind ``audited`` shows, so that its summary fits a screen at any size.
+FINDINGS_SHOWN = 5
 # What a terminal acts on rather than shows: a newline that starts a line of its own, \r that
 # writes over one, ESC that starts a colour or cursor sequence.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -153,6 +156,25 @@ def _capped(lines: list[str], limit: int, rest: str = "in the CSV") -> list[str]
     return [*lines[:limit], f"... {len(lines) - limit} more {rest}"]
 
 
+def audited(r: AuditResult, limit: int = FINDINGS_SHOWN) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in r.split_counts.items())
+    lines = [f"audited {r.n_images} images in {len(r.classes)} classes ({counts}) in {r.seconds:.1f} s "
+             f"-> {plain(r.csv)}",
+             f"out of fold ({r.folds}-fold logistic heads, C={r.C:g}): {r.accuracy:.4f} right; "
+             f"{len(r.labels)} suspected label errors" + (", the most suspicious first:" if r.labels else "")]
+    lines += _capped([f"  {f.score:.3f}  {plain(f.path)}: given {plain(f.given)}, suggested "
+                      f"{plain(f.suggested)}" for f in r.labels], limit)
+    how = "whitened" if r.whitened else "centred"
+    lines.append(f"alike (features {r.similarity:g} or more similar, {how}; or the same bytes): "
+                 f"{len(r.leaks)} leaks across splits, {len(r.duplicates)} near-duplicates within one"
+                 + (", the most similar first:" if r.leaks or r.duplicates else ""))
+    for found, kind in ((r.leaks, "leaks"), (r.duplicates, "near-duplicates")):
+        lines += _capped([f"  {f.kind:9s} {f.score:.3f}  {plain(f.path)} = {plain(f.other)}"
+                          + (f"  ({plain(f.split)})" if f.kind == "leak" else "") for f in found],
+                         limit, f"{kind} in the CSV")
+    return "\n".join(lines)
+
+
 def skips(r: ExtractResult, limit: int = SHOWN) -> list[str]:
     """The lines of what an extraction skipped, as many as a screen holds."""
     return _capped([skipped(path, why) for path, why in r.failed], limit,
@@ -233,9 +255,10 @@ def demonstrated(r: DemoResult) -> str:
                       f"(validation {r.fit.metrics['val']['accuracy']:.4f})"])
 
 
-_BY_RESULT = {"ExtractResult": extracted, "FitResult": fitted, "FinetuneResult": finetuned,
-              "ScoreResult": scored, "ExportResult": exported, "ClassifyResult": classified,
-              "CheckReport": checked, "Info": described, "ReportResult": reported, "DemoResult": demonstrated}
+_BY_RESULT = {"ExtractResult": extracted, "FitResult": fitted, "AuditResult": audited,
+              "FinetuneResult": finetuned, "ScoreResult": scored, "ExportResult": exported,
+              "ClassifyResult": classified, "CheckReport": checked, "Info": described,
+              "ReportResult": reported, "DemoResult": demonstrated}
 
 
 def summary(result) -> str:

@@ -185,9 +185,10 @@ def check_replaceable(path: Path, start: re.Pattern[bytes], inputs: Iterable[Pat
                           f"it: choose another `out`, or add `force=True` to replace it")
 
 
-def check_csv_path(path: Path, inputs: Iterable[Path] = (), force: bool = False) -> None:
+def check_csv_path(path: Path, inputs: Iterable[Path] = (), force: bool = False,
+                   start: re.Pattern[bytes] = CSV_START) -> None:
     """Refuse, before any image is read, a CSV path that cannot be written, or that must not be
-    (``check_replaceable``)."""
+    (``check_replaceable``: a CSV of this kind begins as ``start`` says)."""
     if path.is_dir():
         raise ConfigError(f"`out` {path} is a folder: give the CSV file's path, e.g. {path / 'scores.csv'}")
     try:
@@ -197,7 +198,7 @@ def check_csv_path(path: Path, inputs: Iterable[Path] = (), force: bool = False)
                           f"`out`") from e
     if not os.access(path.parent, os.W_OK):
         raise ConfigError(f"cannot write to {path.parent} (no permission): choose another `out`")
-    check_replaceable(path, CSV_START, inputs, force)
+    check_replaceable(path, start, inputs, force)
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula; a leading ' makes it text.
