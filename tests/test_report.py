@@ -17,6 +17,7 @@ from PIL import Image
 import featx
 from featx.cli import main
 from featx.cli.text import summary
+from featx.reporting.audit_csv import Finding, write_audit
 from featx.reporting.report import SECTIONS
 
 from conftest import FAST, QUIET, write_folder
@@ -60,7 +61,9 @@ def test_the_report_of_a_fitted_bundle_has_every_section_and_picture(fitted, tmp
     # (no mistakes: red vs blue is easy; no curves: logistic has no epochs)
     pictures = _pictures(page)
     assert len(pictures) == r.pictures == 6 and all(im.width > 100 for im in pictures)
-    assert r.notes == ["curves: no training curves: a logistic head is fitted in one go, not epoch by epoch"]
+    assert r.notes == ["curves: no training curves: a logistic head is fitted in one go, not epoch by epoch",
+                       "audit: no audit beside the bundle's cache (`featx audit CACHE` writes one) and "
+                       "none given (`audit` CSV)"]
     assert "no val image is wrong" in page and "broken.jpg" in page  # the skipped file, and why
     assert "labelled" in page and "95% interval" in page
 
@@ -74,7 +77,45 @@ def test_a_report_refuses_what_is_not_a_score_csv_before_drawing(fitted, tmp_pat
                      "--out", str(tmp_path / "r.html")]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "give the CSV `featx score` wrote" in err, err
+    (tmp_path / "score.csv").write_text("kind,path,split,given,suggested,score,other\nlabel,a,train,x,y,2,\n")
+    for bad in ("other.csv", "binary.csv", "missing.csv", "score.csv"):
+        assert main(["report", str(bundle), "--audit", str(tmp_path / bad),
+                     "--out", str(tmp_path / "r.html")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "give the CSV `featx audit` wrote" in err, err
     assert not (tmp_path / "r.html").exists()
+
+
+def _audited(tmp_path) -> tuple[object, list[Finding]]:
+    """An audit CSV of the fitted bundle's images: a suspected label, a leak, a duplicate."""
+    found = [Finding("label", "train/red/red1.png", "train", "red", "blue", 0.9),
+             Finding("leak", "train/blue/blue0.png", "train/val", "blue", "blue", 1.0, "val/blue/blue0.png"),
+             Finding("duplicate", "train/red/red2.png", "train", "red", "red", 0.93, "train/red/red3.png")]
+    write_audit(tmp_path / "audit.csv", found)
+    return tmp_path / "audit.csv", found
+
+
+def test_the_audit_beside_the_cache_or_given_is_shown(fitted, tmp_path):
+    root, cache, _ = fitted
+    moved = shutil.copy(cache, tmp_path / "moved.h5")
+    bundle = featx.fit_head(moved, search=False).bundle
+    # Beside it. Random weights make any two images of a colour some 0.96 alike: the copies alone.
+    audited = featx.audit(moved, similarity=0.999)
+    assert len(audited.leaks) == 6  # write_folder repeats train's images in val, byte for byte
+    r = featx.report(bundle, data=root, out=tmp_path / "r.html")
+    section = re.search(r'<section id="audit">(.*?)</section>', r.path.read_text()).group(1)
+    assert not [n for n in r.notes if n.startswith("audit")]
+    assert f"0 suspected label errors, 6 leaks across splits, {len(audited.duplicates)} " in section
+    assert len(_pictures(section)) == 1 and "val/blue/blue0.png" in section  # the pairs alone
+    given, found = _audited(tmp_path)
+    r = featx.report(bundle, data=root, out=tmp_path / "r.html", audit=given)
+    section = re.search(r'<section id="audit">(.*?)</section>', r.path.read_text()).group(1)
+    assert "1 suspected label errors, 1 leaks across splits, 1 near-duplicates" in section
+    assert len(_pictures(section)) == 2 and all(f.path in section for f in found)
+    os.utime(given, (0, 0))  # older than the cache
+    r = featx.report(bundle, out=tmp_path / "r.html", audit=given)  # no images: the table alone
+    section = re.search(r'<section id="audit">(.*?)</section>', r.path.read_text()).group(1)
+    assert "older than the cache: run featx audit again" in section and not _pictures(section)
 
 
 def test_a_report_without_the_images_says_what_to_pass(fitted, tmp_path):
@@ -135,8 +176,9 @@ def browser():
 
 
 def test_both_reports_open_in_a_real_browser(fitted, finetuned, browser, tmp_path):
+    given, _ = _audited(tmp_path)
     for bundle in (fitted[2], finetuned):
-        r = featx.report(bundle, out=tmp_path / f"{bundle.name}.html")
+        r = featx.report(bundle, out=tmp_path / f"{bundle.name}.html", audit=given)
         page = browser.new_page()
         errors: list[str] = []
         page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
@@ -145,6 +187,10 @@ def test_both_reports_open_in_a_real_browser(fitted, finetuned, browser, tmp_pat
         assert page.evaluate("() => [...document.querySelectorAll('section')].map(s => s.id)") == SECTION_IDS
         widths = page.evaluate("() => [...document.images].map(i => i.complete ? i.naturalWidth : 0)")
         assert len(widths) == r.pictures >= 5 and all(w > 0 for w in widths)
+        # the audit's suspected labels and its pairs, side by side
+        assert page.evaluate("() => [...document.querySelectorAll('#audit img')].map(i => i.naturalWidth)"
+                             ).count(0) == 0 == len(widths) - r.pictures
+        assert page.evaluate("() => document.querySelectorAll('#audit img').length") == 2
         assert errors == []
         page.screenshot(path=tmp_path / f"{bundle.name}.png", full_page=True)
         page.close()

@@ -121,7 +121,7 @@ def _report(args: argparse.Namespace) -> None:
     from ..reporting.report import report
 
     _say(args, text.reported(report(args.bundle, scores=args.scores, data=args.data, out=args.out,
-                                    force=args.force)))
+                                    force=args.force, audit=args.audit)))
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -203,9 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("report", "write one self-contained HTML page about a bundle: metrics, confusion "
                           "matrix, curves, the search, validation images right and wrong, samples, "
-                          "augmentation, a scored folder")
+                          "augmentation, the audit of its cache, a scored folder")
     p.add_argument("bundle", help="the bundle folder `featx fit-head` or `featx finetune` wrote")
     p.add_argument("--scores", default=None, metavar="CSV", help="a CSV `featx score` wrote, to include")
+    p.add_argument("--audit", default=None, metavar="CSV",
+                   help="a CSV `featx audit` wrote, to include (default: the one beside the bundle's "
+                        "cache, where there is one)")
     p.add_argument("--data", default=None,
                    help="the image folder the bundle was fitted on, if not where its cache says")
     p.add_argument("--out", default=None, help="HTML path (default BUNDLE/report.html)")

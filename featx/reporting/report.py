@@ -2,7 +2,8 @@
 good: what it was made from and how, its metrics with their uncertainty, and pictures (the
 confusion matrix, training curves, the search, validation images right and wrong, the most
 confidently wrong ones, samples of each class, what fine-tuning's augmentation shows the model),
-and a scored folder's results. Every picture is inlined, so the page opens anywhere, offline.
+the audit of its cache (suspected label errors, near-duplicates and leaks) and a scored folder's
+results. Every picture is inlined, so the page opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..errors import BundleError, CacheError, ConfigError, DataError, first_line
 from ..evaluation import METRICS, PREDICTIONS_FILE, TOP_K, Predictions, read_predictions
 from ..util.files import check_replaceable, durable_write, inside, metrics_path, uncell
 from ..util.schema import Invalid, check, load_json
+from .audit_csv import Finding, audit_path, read_audit
 from .info import UNSPLIT, bundle_info, cache_counts
 from .plots import image_grid_png
 
@@ -46,12 +48,14 @@ SECTIONS = (("summary", "Summary"), ("data", "Data"), ("metrics", "Metrics"),
             ("confusion", "Confusion matrix"), ("curves", "Training curves"), ("search", "Search"),
             ("predictions", "Validation images"), ("mistakes", "Most confidently wrong"),
             ("samples", "Samples of each class"), ("augmentation", "Augmentation"),
-            ("scores", "Scored folder"))
+            ("audit", "Audit: labels and duplicates"), ("scores", "Scored folder"))
 GRID_IMAGES = 32        # validation images shown, the wrong ones first
 WRONG_IMAGES = 16       # most confidently wrong
 SAMPLES_PER_CLASS = 6
 SAMPLE_CLASSES = 20     # classes shown in the samples grid
 AUGMENTED_VIEWS = 6     # views per image in the augmentation preview
+AUDIT_LABELS = 16       # the most suspicious labels shown
+AUDIT_PAIRS = 8         # the most similar pairs shown, leaks first
 
 
 @dataclass
@@ -271,6 +275,71 @@ def _scores(page: _Page, scores: Path, rows: list[dict], m: dict | None) -> None
         page.add("scores", _table(["skipped", "why"], failed))
 
 
+def _audit_beside(b: Bundle) -> Path | None:
+    """The audit beside the bundle's cache, where `featx audit` wrote one."""
+    found = audit_path(Path(b.info["cache"])) if b.info.get("cache") else None
+    return found if found is not None and found.is_file() else None
+
+
+def _read_audit(path: Path) -> list[Finding]:
+    """The rows of a CSV ``featx audit`` wrote; refused in one line if it is not one."""
+    fix = "give the CSV `featx audit` wrote"
+    try:
+        return read_audit(path)
+    except Invalid as e:
+        raise ConfigError(f"`audit` {path} is not as `featx audit` writes it ({e}): {fix}") from e
+    except (OSError, csv.Error, ValueError) as e:
+        raise ConfigError(f"cannot read `audit` {path} ({first_line(e)}): {fix}") from e
+
+
+def _audit_section(page: _Page, path: Path | None, findings: list[Finding] | None,
+                   images: _Images | None, fc: FeatureCache | None) -> None:
+    """The audit's counts, its most suspicious labels and most similar pairs: as pictures where
+    the images can be shown, as a table always."""
+    if path is None:
+        page.missing("audit", "no audit beside the bundle's cache (`featx audit CACHE` writes one) "
+                              "and none given (`audit` CSV)")
+        return
+    try:
+        findings = findings if findings is not None else _read_audit(path)
+    except ConfigError as e:  # found beside the cache, not asked for: said, not fatal
+        page.missing("audit", str(e))
+        return
+    kinds = {k: [f for f in findings if f.kind == k] for k in ("label", "leak", "duplicate")}
+    stale = fc is not None and path.stat().st_mtime < fc.path.stat().st_mtime
+    page.add("audit", _note(f"{path}: {len(kinds['label'])} suspected label errors, {len(kinds['leak'])} "
+                            f"leaks across splits, {len(kinds['duplicate'])} near-duplicates within one"
+                            + ("; older than the cache: run featx audit again" if stale else "") + "."))
+    labels, pairs = kinds["label"][:AUDIT_LABELS], (kinds["leak"] + kinds["duplicate"])[:AUDIT_PAIRS]
+    if images is not None:
+        _audit_pictures(page, images, labels, pairs)
+    if labels or pairs:
+        page.add("audit", _table(["kind", "image", "split", "given", "suggested", "score", "other"],
+                                 [[f.kind, f.path, f.split, f.given, f.suggested, f"{f.score:.3f}",
+                                   f.other] for f in labels + pairs]))
+
+
+def _audit_pictures(page: _Page, images: _Images, labels: list[Finding], pairs: list[Finding]) -> None:
+    """The suspected label errors, each with its given and suggested class; the pairs side by
+    side, two to a row, leaks framed in red."""
+    crops, kept = images.crops([f.path for f in labels])
+    if crops:
+        page.draw("audit", "audit_labels.png", lambda p: image_grid_png(
+            crops, [f"given {labels[k].given}, suggested {labels[k].suggested} (p of given "
+                    f"{1 - labels[k].score:.2f}) {Path(labels[k].path).name}" for k in kept], p,
+            f"the {len(kept)} most suspicious labels", wrong=[True] * len(kept)))
+    crops, kept = images.crops([p for f in pairs for p in (f.path, f.other)])
+    whole = [k for k in kept if k % 2 == 0 and k + 1 in kept]  # pairs with both images found
+    if whole:
+        shown = [pairs[k // 2] for k in whole]
+        place = {k: i for i, k in enumerate(kept)}
+        page.draw("audit", "audit_pairs.png", lambda p: image_grid_png(
+            [crops[place[k + j]] for k in whole for j in (0, 1)],
+            [c for f in shown for c in (f"{f.kind} {f.score:.3f}: {f.path}", f"{f.split}: {f.other}")],
+            p, f"the {len(shown)} most similar pairs, leaks first (red)",
+            wrong=[f.kind == "leak" for f in shown for _ in (0, 1)], columns=4))
+
+
 def _style() -> str:
     return ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
@@ -280,24 +349,27 @@ def _style() -> str:
 
 def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
            data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-           force: bool = False) -> ReportResult:
+           force: bool = False, audit: str | os.PathLike | None = None) -> ReportResult:
     """Write one self-contained HTML page about ``bundle`` (default: ``BUNDLE/report.html``).
 
     ``data``: the image folder the bundle was fitted on, for the pictures of images, when it is
     not where the bundle's cache says; ``scores``: a CSV ``featx score`` wrote, shown with its
-    metrics when its images were labelled. ``force``: replace an ``out`` featx did not write
-    (never a file the page is made from).
+    metrics when its images were labelled; ``audit``: a CSV ``featx audit`` wrote (default: the
+    one beside the bundle's cache, where there is one). ``force``: replace an ``out`` featx did
+    not write (never a file the page is made from).
     """
     start = time.perf_counter()
     b = load_bundle(bundle)
     path = Path(out) if out else b.path / "report.html"
     if path.is_dir():
         raise ConfigError(f"`out` {path} is a folder: give the HTML file's path, e.g. {path / 'report.html'}")
+    audited = Path(audit) if audit is not None else _audit_beside(b)
     reads = [*b.own_files(), *([Path(b.info["cache"])] if b.info.get("cache") else []),
              *([Path(scores), metrics_path(Path(scores)), Path(scores).with_suffix(".png")]
-               if scores else [])]
+               if scores else []), *([audited] if audited else [])]
     check_replaceable(path, re.compile(re.escape(PAGE_START.encode())), reads, force)
     scored = _read_scores(Path(scores)) if scores is not None else None
+    findings = _read_audit(audited) if audit is not None else None
     if data is not None and not Path(data).is_dir():
         raise DataError(f"`data` {data}: no such image folder: give the folder the bundle was "
                         f"fitted on")
@@ -312,7 +384,8 @@ def report(bundle: str | os.PathLike, scores: str | os.PathLike | None = None,
         page.add("summary", _table(None, [list(f) for f in facts.facts]))
         _data_section(page, fc, unread)
         _result_sections(page, b)
-        _image_sections(page, b, root, fc)
+        images = _image_sections(page, b, root, fc)
+        _audit_section(page, audited, findings, images, fc)
         if scores is not None:
             _scores(page, Path(scores), *scored)
         else:
@@ -397,7 +470,10 @@ def _data_section(page: _Page, fc: FeatureCache | None, unread: str | None) -> N
         page.add("data", _note("every image could be read."))
 
 
-def _image_sections(page: _Page, b: Bundle, root: Path | None, fc: FeatureCache | None) -> None:
+def _image_sections(page: _Page, b: Bundle, root: Path | None, fc: FeatureCache | None
+                    ) -> _Images | None:
+    """The sections of the folder's images; returns the images, for the audit's pictures (None
+    where they cannot be shown, and each section says why)."""
     sections = ("predictions", "mistakes", "samples", "augmentation")
     if root is None or not b.identity.preprocessing:
         why = ("the image folder is not known (none named, or not the one the bundle's cache was "
@@ -405,7 +481,7 @@ def _image_sections(page: _Page, b: Bundle, root: Path | None, fc: FeatureCache 
                "the features were made outside featx (write_cache): no crop is recorded to show")
         for s in sections:
             page.missing(s, why)
-        return
+        return None
     found = _Images(root, Preprocessing.from_dict(b.identity.preprocessing))
     if PREDICTIONS_FILE in b.files:
         try:
@@ -422,3 +498,4 @@ def _image_sections(page: _Page, b: Bundle, root: Path | None, fc: FeatureCache 
     dataset = _labelled_images(root, fc)
     _sample_pictures(page, found, dataset, b.classes)
     _augmentation_pictures(page, found, dataset, b)
+    return found
