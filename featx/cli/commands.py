@@ -65,11 +65,14 @@ def _extract(args: argparse.Namespace) -> None:
 
 
 def _fit_head(args: argparse.Namespace) -> None:
-    from ..fitting.fit import fit_head
+    from ..reporting.painter import ahead
 
-    r = fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
-                 seed=args.seed, out=args.out, max_memory=args.max_memory, search=args.search,
-                 tensorboard=args.tensorboard)
+    with ahead():  # matplotlib imported for the pictures beside the imports and the search below
+        from ..fitting.fit import fit_head
+
+        r = fit_head(args.cache, model=args.model, params=dict(args.param), val_split=args.val_split,
+                     seed=args.seed, out=args.out, max_memory=args.max_memory, search=args.search,
+                     tensorboard=args.tensorboard)
     _say(args, text.fitted(r))
 
 

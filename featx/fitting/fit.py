@@ -25,7 +25,7 @@ from ..cache.reader import DiskFeatures, FeatureCache, digests, open_cache
 from ..errors import ConfigError, DataError, FeatxError, first_line
 from ..evaluation import PREDICTIONS_FILE, split_digest, split_indices, write_predictions
 from ..heads.registry import DEFAULT_HEAD, MIN_CLASS_IMAGES, TORCH_HEADS, make_head
-from ..reporting.plots import confusion_matrix_png, history_png, search_png
+from ..reporting.painter import Drawing, Picture
 from ..reporting.tensorboard import Board
 from ..util.files import size_text
 from . import joint
@@ -164,6 +164,9 @@ def _fitted(fc: FeatureCache, path: Path, model: str, params: dict, val_split: f
     try:  # scikit-learn checks most parameters only as it fits, and some (n_neighbors) as it predicts
         if _searching(search, model, params, fc, parts, max_memory):
             found = _search(model, params, fc, features, train, parts["val"], size, seed, timings)
+        # After a search, the pictures are the search's: drawn beside the fit on train+val.
+        drawing = (Drawing(_pictures(fc, model, {"val": found.best.metrics}, found, found.best.history))
+                   if found and found.fitted is None else None)
         chosen = {**params, **(found.best.params if found else {})}
         head = found.fitted if found and found.fitted else make_head(model, **chosen)
         fitted = _fitted_rows(parts, found is not None and found.fitted is None)
@@ -187,24 +190,25 @@ def _fitted(fc: FeatureCache, path: Path, model: str, params: dict, val_split: f
                           **{k: v for k, v in bundle.metrics.items() if k == "test"}}
         predictions = {"val": found.predictions, **predictions}
     history = found.best.history if found else getattr(head, "history_", None)
+    drawing = drawing or Drawing(_pictures(fc, model, bundle.metrics, found, history))
     plots: list[str] = []
     rows = fitted.get("train+val", fitted.get("train"))
-    bundle.save(path, lambda folder: plots.extend(_files(folder, fc, bundle, predictions, found, history,
-                                                         rows)))
+    bundle.save(path, lambda folder: plots.extend(_files(folder, fc, bundle, predictions, drawing, rows)))
     if board is not None:
         board.fitted(history or [], path / plots[0])
     return FitResult(path, bundle.metrics, time.perf_counter() - start, [path / p for p in plots], found)
 
 
-def _files(folder: Path, fc: FeatureCache, bundle: Bundle, predictions: dict,
-           found: SearchResult | None, history: list | None, rows: np.ndarray) -> list[str]:
+def _files(folder: Path, fc: FeatureCache, bundle: Bundle, predictions: dict, drawing: Drawing,
+           rows: np.ndarray) -> list[str]:
     """The bundle's files besides its head: pictures and held-out predictions, which images
     (``rows``) the head was fitted on, and for int8 features the graph that computed them;
     returns the pictures' names."""
     write_fitted_images(folder, image_keys(digests(fc.path))[rows])
     _copy_graph(fc, folder)
-    return _pictures(folder, bundle, predictions, found, history,
-                     f"{bundle.model} on {fc.attrs['backbone']}")
+    if predictions:
+        write_predictions(folder / PREDICTIONS_FILE, predictions, bundle.classes)
+    return drawing.into(folder)
 
 
 def _copy_graph(fc: FeatureCache, folder: Path) -> None:
@@ -276,21 +280,20 @@ def _provenance(fc: FeatureCache, parts: dict[str, np.ndarray], chosen: dict, va
         **({"data": str(data)} if data else {}))
 
 
-def _pictures(folder: Path, bundle: Bundle, predictions: dict, found: SearchResult | None,
-              history: list | None, title: str) -> list[str]:
-    """The bundle's pictures and held-out predictions; returns the pictures' names."""
-    shown = "val" if "val" in bundle.metrics else next(iter(bundle.metrics))
-    m = bundle.metrics[shown]
-    names = [f"confusion_{shown}.png"]
-    confusion_matrix_png(np.array(m["confusion"]), bundle.classes, folder / names[0],
-                         f"{title}: {shown} accuracy {m['accuracy']:.3f}")
+def _pictures(fc: FeatureCache, model: str, metrics: dict, found: SearchResult | None,
+              history: list | None) -> dict[str, Picture]:
+    """The bundle's pictures (``plots``' functions and their arguments): the confusion matrix of
+    validation where ``metrics`` (split -> figures) have it, the training curves, the search."""
+    title = f"{model} on {fc.attrs['backbone']}"
+    shown = "val" if "val" in metrics else next(iter(metrics))
+    m = metrics[shown]
+    pictures = {f"confusion_{shown}.png": ("confusion_matrix_png", dict(
+        matrix=np.array(m["confusion"]), classes=fc.classes,
+        title=f"{title}: {shown} accuracy {m['accuracy']:.3f}"))}
     if history:
-        names.append("history.png")
-        history_png(history, folder / names[-1], f"{title}: training curves")
+        pictures["history.png"] = ("history_png", dict(history=history, title=f"{title}: training curves"))
     if found:
-        names.append("search.png")
-        search_png(found.trials, found.best, folder / names[-1], f"{title}: the search on val")
-    if predictions:
-        write_predictions(folder / PREDICTIONS_FILE, predictions, bundle.classes)
-    return names
-
+        pictures["search.png"] = ("search_png", dict(trials=[t.to_dict() for t in found.trials],
+                                                     chosen=found.best.params,
+                                                     title=f"{title}: the search on val"))
+    return pictures

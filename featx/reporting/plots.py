@@ -74,12 +74,15 @@ def history_png(history: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def search_png(trials: list, best, path: Path, title: str) -> Path:
-    """Validation accuracy and loss of each setting tried: against the parameter where one
-    varies (on a log axis where it spans decades), else one bar per setting."""
+def search_png(trials: list[dict], chosen: dict, path: Path, title: str) -> Path:
+    """Validation accuracy and loss of each setting tried (``trials``, as bundle.json records
+    them: ``params``, ``val_accuracy``, ``val_loss``), the ``chosen`` parameters marked: against
+    the parameter where one varies (on a log axis where it spans decades), else one bar per
+    setting."""
     from matplotlib.figure import Figure
 
-    varying = [k for k in best.params if len({t.params[k] for t in trials}) > 1]
+    varying = [k for k in chosen if len({t["params"][k] for t in trials}) > 1]
+    best = [t["params"] for t in trials].index(chosen)
     fig = Figure(figsize=(10, 4) if len(varying) == 1 else (8, 1.5 + 0.35 * len(trials)))
     fig.suptitle(_plain(title), fontsize=10)
     if len(varying) == 1:
@@ -92,18 +95,20 @@ def search_png(trials: list, best, path: Path, title: str) -> Path:
     return path
 
 
-def _curves(fig, trials: list, best, key: str) -> None:
-    """Accuracy and loss against ``key``, the chosen setting starred. Drawn in fixed margins, with
-    plain tick labels and no minor ticks: tight_layout, a log axis's mathtext labels and its
-    minor ticks took two thirds of the picture's 0.3 s, and its labels here are a few numbers."""
+def _curves(fig, trials: list[dict], best: int, key: str) -> None:
+    """Accuracy and loss against ``key``, the chosen setting (``trials[best]``) starred. Drawn in
+    fixed margins, with plain tick labels and no minor ticks: tight_layout, a log axis's mathtext
+    labels and its minor ticks took two thirds of the picture's 0.3 s, and its labels here are a
+    few numbers."""
     from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
-    x = [t.params[key] for t in trials]
+    x = [t["params"][key] for t in trials]
     axes = fig.subplots(1, 2, gridspec_kw=dict(left=0.07, right=0.98, bottom=0.13, top=0.86,
                                                 wspace=0.22))
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        ax.plot(x, [t.metrics[metric] for t in trials], "o-")
-        ax.plot([best.params[key]], [best.metrics[metric]], "r*", markersize=14)
+        y = [t[f"val_{metric}"] for t in trials]
+        ax.plot(x, y, "o-")
+        ax.plot([x[best]], [y[best]], "r*", markersize=14)
         if min(x) > 0 and max(x) / min(x) > 20:
             ax.set_xscale("log")
             ax.xaxis.set_minor_locator(NullLocator())
@@ -115,14 +120,15 @@ def _curves(fig, trials: list, best, key: str) -> None:
         ax.grid(alpha=0.3)
 
 
-def _bars(fig, trials: list, best) -> None:
-    """One bar of validation accuracy per setting, the chosen one red."""
+def _bars(fig, trials: list[dict], best: int) -> None:
+    """One bar of validation accuracy per setting, the chosen one (``trials[best]``) red."""
     ax = fig.subplots()
-    labels = [_plain(", ".join(f"{k}={t.params[k]:g}" for k in t.params)) for t in trials]
-    ax.barh(range(len(trials)), [t.metrics["accuracy"] for t in trials],
-            color=["tab:red" if t is best else "tab:blue" for t in trials])
+    labels = [_plain(", ".join(f"{k}={v:g}" for k, v in t["params"].items())) for t in trials]
+    accuracy = [t["val_accuracy"] for t in trials]
+    ax.barh(range(len(trials)), accuracy,
+            color=["tab:red" if i == best else "tab:blue" for i in range(len(trials))])
     ax.set_yticks(range(len(trials)), labels, fontsize=8)
-    low = min(t.metrics["accuracy"] for t in trials)
+    low = min(accuracy)
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.set_xlabel("val accuracy (red: chosen)")
 
