@@ -35,7 +35,7 @@ def flatten(folder: Path, flat: Path) -> list[tuple[str, str, str]]:
 
 
 def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="") as f:
+    with path.open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     return path
 
@@ -72,11 +72,13 @@ def test_columns_are_found_by_their_usual_names_or_as_named_and_ids_by_their_ste
         {"Image": "blue/blue0", "Class": "sky", "Subset": "validation"},  # no extension: by stem
         {"Image": str(root / "red" / "red0.png"), "Class": 7, "Subset": "TRAIN"},  # absolute, inside
         {"Image": "red/red1.png", "Class": 7},  # no split: train
+        {"Image": "blue1", "Class": "sky", "Subset": "test"},  # a bare stem, in a subfolder
     ]) + "\n\n")
     d = labelled(root, jsonl)
     assert d.classes == ("7", "sky") and d.refused == ()
     assert [(s.path.as_posix(), d.classes[s.label], s.split) for s in d.samples] == [
-        ("red/red0.png", "7", "train"), ("red/red1.png", "7", "train"), ("blue/blue0.png", "sky", "val")]
+        ("red/red0.png", "7", "train"), ("red/red1.png", "7", "train"), ("blue/blue0.png", "sky", "val"),
+        ("blue/blue1.png", "sky", "test")]
     named = write_csv(tmp_path / "named.csv", ["f", "breed", "id"], [["blue/blue1.png", "sky", "x"]])
     d = labelled(root, f"{named}:path=f,label=breed")
     assert [s.path.as_posix() for s in d.samples] == ["blue/blue1.png"] and d.classes == ("sky",)
@@ -88,7 +90,8 @@ def test_a_bad_row_is_recorded_and_passed_over_and_the_rest_extracted(tmp_path, 
     featx_copy = root / "red" / "red0.jpg"
     featx_copy.write_bytes((root / "red" / "red0.png").read_bytes())  # red0 is now two files
     (root / "notes.txt").write_text("not an image")
-    good = [[f"{c}/{c}{i}.png", c, "train" if i < 7 else "val"] for c in ("blue", "red") for i in range(1, 10)]
+    good = [[f"{c}/{c}{i}.png", c, "train" if i < 7 else "val"]
+            for c in ("blue", "red") for i in range(1, 10)]
     bad = [["blue/gone.png", "blue", "train"],        # missing file
            ["red/red0", "red", "train"],               # a stem with two files
            ["../outside.png", "red", "train"],         # climbs out
@@ -107,7 +110,7 @@ def test_a_bad_row_is_recorded_and_passed_over_and_the_rest_extracted(tmp_path, 
     why = dict(fc.failed)
     assert len(fc.failed) == 10 and len(fc.paths) == 17  # red1 is out, blue2 is in by its good row
     assert why["blue/gone.png"] == f"line 20 of labels.csv: no such file in {root}"
-    assert why["red/red0"].startswith("line 21 of labels.csv: could be any of red0.jpg, red0.png")
+    assert why["red/red0"].startswith("line 21 of labels.csv: could be any of red/red0.jpg, red/red0.png")
     assert why["../outside.png"] == f"line 22 of labels.csv: climbs out of the data folder {root}"
     assert why["/etc/hostname"] == f"line 23 of labels.csv: outside the data folder {root}"
     assert why["notes.txt"] == "line 24 of labels.csv: not an image file"
@@ -126,7 +129,8 @@ def test_a_table_that_cannot_be_used_is_one_line(tmp_path, capsys):
     root = write_folder(tmp_path / "data", {"": 2})
     cases = {
         "nolabel.csv": ("file,kind\nblue/blue0.png,x\n", "has no label column (looked for label, class"),
-        "named.csv:label=breed": ("path,label\nblue/blue0.png,x\n", "has no column 'breed' (it has 'path', 'label')"),
+        "named.csv:label=breed": ("path,label\nblue/blue0.png,x\n",
+                                  "has no column 'breed' (it has 'path', 'label')"),
         "named.csv:colour=x": (None, "'colour' is not a manifest column to name; name path, label, split"),
         "missing.csv": (None, "cannot read the manifest"),
         "list.json": ('{"path": "blue/blue0.png"}', "is not a JSON list of objects"),
@@ -140,7 +144,7 @@ def test_a_table_that_cannot_be_used_is_one_line(tmp_path, capsys):
         elif content is not None:
             (tmp_path / name).write_text(content)
         code = main(["extract", str(root), "--labels", str(tmp_path / spec), *QUICK])
-        out, err = capsys.readouterr()
+        err = capsys.readouterr().err
         assert code == 1 and err.count("\n") == 1 and message in err, (spec, err)
     assert not (tmp_path / "cache").exists()
 
@@ -148,7 +152,7 @@ def test_a_table_that_cannot_be_used_is_one_line(tmp_path, capsys):
 def test_editing_a_label_or_split_updates_the_cache_without_extracting_again(flat, tmp_path):
     _, root, labels = flat
     first = featx.extract(root, labels=labels, out=tmp_path / "c.h5", dtype="float32", **FAST)
-    rows = list(csv.reader(open(labels)))
+    rows = list(csv.reader(labels.read_text().splitlines()))
     edited = [[p, "purple" if p.endswith("-blue0.png") else label, "test" if p.endswith("-red1.png") else s]
               for p, label, s in rows[1:]]
     again = featx.extract(root, labels=write_csv(tmp_path / "edited.csv", rows[0], edited),
@@ -167,13 +171,13 @@ def test_score_and_finetune_read_the_manifest_too(flat, tmp_path):
     _, root, labels = flat
     cache = featx.extract(root, labels=labels, out=tmp_path / "c.h5", dtype="float32", **FAST).path
     bundle = featx.fit_head(cache).bundle
-    rows = list(csv.reader(open(labels)))
+    rows = list(csv.reader(labels.read_text().splitlines()))
     val = [r for r in rows[1:] if r[2] == "val"] + [["images/gone.png", "red", "val"],
                                                    ["images/train-red0.png", "green", ""]]
     listed = write_csv(tmp_path / "val.csv", ["path", "label", "split"], val)
     s = featx.score(root, bundle, labels=listed, out=tmp_path / "s.csv", runtime=QUIET)
     assert s.n_scored == 7 and s.n_failed == 0 and s.n_labelled == 6  # the green one is unlabelled...
-    written = list(csv.DictReader(open(s.csv)))
+    written = list(csv.DictReader(s.csv.read_text().splitlines()))
     assert len(written) == 8 and written[-1]["error"].startswith("line 8 of val.csv: no such file")
     assert sum(r["label"] == "" for r in written) == 2  # ... green is no class of the bundle
     tuned = featx.finetune(root, bundle, labels=labels, out=tmp_path / "tuned",

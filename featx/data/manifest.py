@@ -181,7 +181,7 @@ def _row(number: int, record: dict, columns: dict[str, str | None]) -> _Row | st
 class _Files:
     """The images of a data folder, found by the path a row gives: as it is (relative to the
     folder, or absolute inside it), else by its stem (``id`` columns name files without their
-    extension)."""
+    extension), where one file alone has it."""
 
     def __init__(self, root: Path):
         self.root, self.real_root = root, Path(os.path.realpath(root))
@@ -204,18 +204,21 @@ class _Files:
             return "no path a file can have"
         matches = self.stems().get(given.as_posix(), [])
         if len(matches) > 1:
-            return (f"could be any of {', '.join(p.name for p in matches[:3])}: give the file's name "
-                    f"with its extension")
+            return (f"could be any of {', '.join(p.as_posix() for p in matches[:3])}: give the "
+                    f"file's path with its extension")
         if matches:
             return matches[0]
         extension = "" if is_image(given) else " (nor one of that name with an image extension)"
         return f"no such file in {self.root}{extension}"
 
     def stems(self) -> dict[str, list[Path]]:
+        """The images by their path without its extension, and by their bare stem as well: a
+        Kaggle id names a file in ``train/`` when the folder given is the one above."""
         if self._stems is None:  # read once, and only where some row names no file as it is
             self._stems = {}
             for p in find_images(self.root):
-                self._stems.setdefault(p.with_suffix("").as_posix(), []).append(p)
+                for key in {p.with_suffix("").as_posix(), p.stem}:
+                    self._stems.setdefault(key, []).append(p)
         return self._stems
 
 
