@@ -26,6 +26,8 @@ from .options import FOLDS, SIMILARITY
 
 @dataclass
 class AuditResult:
+    """What ``audit`` found, each finding as the CSV ``csv`` holds it."""
+
     csv: Path
     n_images: int
     split_counts: dict[str, int]
@@ -71,7 +73,10 @@ def audit(cache: str | os.PathLike, out: str | os.PathLike | None = None, folds:
     proba[np.ix_(labelled, present)] = found
     labels = [_doubted(fc, row, proba[row]) for row in labelled[suspects(found, y)]]
     pairs = _pairs(fc, features, similarity)
-    write_audit(path, labels + pairs["duplicate"] + pairs["leak"])
+    try:
+        write_audit(path, labels + pairs["duplicate"] + pairs["leak"])
+    except OSError as e:
+        raise ConfigError(f"cannot write {path} ({e.strerror or e}): choose another `out`") from e
     splits = fc.splits.tolist()
     return AuditResult(path, len(fc.paths), {s: splits.count(s) for s in SPLITS if s in splits},
                        list(fc.classes), folds, C, float(np.mean(found.argmax(1) == y)), proba,
