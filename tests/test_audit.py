@@ -16,6 +16,7 @@ from PIL import Image
 import featx
 from featx.auditing.duplicates import WHITEN_ROWS, embedded, near_pairs, same_bytes
 from featx.cli import main
+from featx.cli.text import summary
 from featx.reporting.audit_csv import COLUMNS, read_audit
 
 from conftest import COLOURS, FAST
@@ -40,6 +41,16 @@ def test_the_flipped_labels_are_the_most_suspicious(tmp_path):
     assert all(f.given != f.suggested for f in r.labels)
     assert r.proba.shape == (90, 3) and np.allclose(r.proba.sum(1), 1)
     assert r.accuracy == pytest.approx(86 / 90, abs=0.02)
+
+
+def test_the_summary_fits_a_screen_with_many_classes(tmp_path):
+    rng = np.random.default_rng(5)
+    X, y = blobs(rng, 5, classes=120, dim=16)
+    X[::7] = X[1::7][: len(X[::7])]  # many copies, and many doubtful labels
+    r = featx.audit(featx.write_cache(tmp_path / "c.h5", X, y, [f"class{i}" for i in range(120)]))
+    lines = summary(r).splitlines()
+    assert len(r.labels) > 5 and len(r.duplicates) > 5 and len(lines) <= 18, lines
+    assert lines[-1].startswith("... ") and lines[-1].endswith(" more near-duplicates in the CSV")
 
 
 def test_planted_copies_are_found_and_those_across_splits_are_leaks(tmp_path):

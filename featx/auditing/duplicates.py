@@ -58,7 +58,7 @@ def embedded(features: np.ndarray) -> np.ndarray:
                                overwrite_a=True, check_finite=False)
         variances = np.maximum(variances, 0)
         project = (axes / np.sqrt(variances + FLOOR * variances.max())).astype(np.float32)
-    out = np.empty((n, COMPONENTS if project is not None else d), np.float32)
+    out = np.empty((n, project.shape[1] if project is not None else d), np.float32)
     for start in range(0, n, MOMENT_ROWS):
         block = np.asarray(features[start:start + MOMENT_ROWS], np.float32) - mean.astype(np.float32)
         out[start:start + len(block)] = block @ project if project is not None else block
