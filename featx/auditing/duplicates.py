@@ -1,17 +1,17 @@
 """Near-duplicate images found by their features, and exact ones by their bytes.
 
-Two photos of the same scene, or one photo resized and saved again, have features closer to each
-other than any two different photos have. How close is measured as the cosine of their features
+One photo resized and saved again, or cropped, has features closer to its original's than two
+different photos usually have. How close is measured as the cosine of their features
 once centred on the cache's mean (the features of a ReLU network are all positive, so that
 uncentred, any two photos look alike), and, where the cache has the rows to estimate it, whitened:
 projected on their ``COMPONENTS`` principal axes, each scaled to unit variance (plus a floor). Two
 different meadows agree in the few broad axes that say "meadow"; a copy agrees with its original
 in every axis, the many narrow ones included, and whitening gives those their weight. Measured on
 Lite0 features (docs/commands/audit.md): hymenoptera's 153 validation photos re-encoded at JPEG
-quality 70 and resized to 90 % are all within 0.80 of their originals both ways, while whitening
-cut flowers128's pairs at that level from 421 (most of them similar scenes) to 41 (most of them
-crops of one photo). With fewer rows the axes are too poorly estimated to whiten: at 120 rows
-whitening lost most copies, at 220 it lost none.
+quality 70 and resized to 90 % are all 0.80 or more alike to their originals whitened (150 of
+them centred only), while whitening cut flowers128's pairs at that level from 421 (most of them
+similar scenes) to 41 (most of them crops of one photo). With fewer rows the axes are too poorly estimated to whiten: at 120 rows
+whitening lost most copies, at 220 a few.
 
 The search compares every pair, as blocked matrix products (a block of rows against a block of
 columns, the upper triangle only), keeping at most ``NEIGHBOURS`` pairs per image among the images
