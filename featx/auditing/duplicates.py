@@ -10,8 +10,8 @@ in every axis, the many narrow ones included, and whitening gives those their we
 Lite0 features (docs/commands/audit.md): hymenoptera's 153 validation photos re-encoded at JPEG
 quality 70 and resized to 90 % are all 0.80 or more alike to their originals whitened (150 of
 them centred only), while whitening cut flowers128's pairs at that level from 421 (most of them
-similar scenes) to 41 (most of them crops of one photo). With fewer rows the axes are too poorly estimated to whiten: at 120 rows
-whitening lost most copies, at 220 a few.
+similar scenes) to 41 (most of them crops of one photo). With fewer rows the axes are too poorly
+estimated to whiten: at 120 rows whitening lost most copies, at 220 a few.
 
 The search compares every pair, as blocked matrix products (a block of rows against a block of
 columns, the upper triangle only), keeping at most ``NEIGHBOURS`` pairs per image among the images
@@ -20,6 +20,8 @@ half a million rows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -46,8 +48,7 @@ def embedded(features: np.ndarray) -> np.ndarray:
     project = None
     if whitens(n):
         covariance = np.zeros((d, d))
-        for start in range(0, n, MOMENT_ROWS):
-            block = np.asarray(features[start:start + MOMENT_ROWS], np.float32) - mean.astype(np.float32)
+        for _, block in _centred(features, mean):
             covariance += block.T @ block
         from scipy.linalg import eigh
 
@@ -59,11 +60,17 @@ def embedded(features: np.ndarray) -> np.ndarray:
         variances = np.maximum(variances, 0)
         project = (axes / np.sqrt(variances + FLOOR * variances.max())).astype(np.float32)
     out = np.empty((n, project.shape[1] if project is not None else d), np.float32)
-    for start in range(0, n, MOMENT_ROWS):
-        block = np.asarray(features[start:start + MOMENT_ROWS], np.float32) - mean.astype(np.float32)
+    for start, block in _centred(features, mean):
         out[start:start + len(block)] = block @ project if project is not None else block
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     return out
+
+
+def _centred(features: np.ndarray, mean: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` of ``features`` less ``mean``, in float32, ``MOMENT_ROWS`` at a time."""
+    centre = mean.astype(np.float32)
+    for start in range(0, len(features), MOMENT_ROWS):
+        yield start, np.asarray(features[start:start + MOMENT_ROWS], np.float32) - centre
 
 
 def whitens(n: int) -> bool:
