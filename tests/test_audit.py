@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_each(tmp_path, capsys):
         (str(few), "--folds", "3"): None,
         (str(unlabelled),): f"{unlabelled} holds no labels (its images are in no class folder, as in "
                             f"a cache `featx score` made): audit the cache `featx extract` made of a "
-                            f"folder with one subfolder per class",
+                            f"folder with one subfolder per class, or with --labels",
         (str(few), "--folds", "1"): "--folds must be a whole number of 2 or more, not 1",
         (str(few), "--similarity", "0"): "--similarity must be above 0 and at most 1, not 0.0",
         (str(few), "--out", str(few), "--folds", "3"): f"--out {few} would replace {few}, which this "

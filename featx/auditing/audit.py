@@ -9,13 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..cache.format import strings
-from ..cache.reader import FeatureCache, open_cache
+from ..cache.reader import FeatureCache, digests, open_cache
 from ..data.folders import SPLITS
-from ..errors import CacheError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..fitting.options import SEED
 from ..reporting.audit_csv import START, Finding, audit_path, write_audit
 from ..util.files import check_csv_path
@@ -96,7 +94,7 @@ def _labelled(fc: FeatureCache, folds: int) -> np.ndarray:
     if not len(present):
         raise DataError(f"{fc.path} holds no labels (its images are in no class folder, as in a "
                         f"cache `featx score` made): audit the cache `featx extract` made of a "
-                        f"folder with one subfolder per class")
+                        f"folder with one subfolder per class, or with --labels")
     if len(present) == 1:
         raise DataError(f"{fc.path} holds images of one class only ({fc.classes[present[0]]}): "
                         f"telling a wrong label takes two classes or more")
@@ -120,7 +118,7 @@ def _pairs(fc: FeatureCache, features: np.ndarray, similarity: float) -> dict[st
     """The pairs of images alike in their features or bytes, by kind, the most similar first."""
     first, second, sims = near_pairs(embedded(features), similarity)
     found = {(int(a), int(b)): min(float(s), 1.0) for a, b, s in zip(first, second, sims, strict=True)}
-    for a, b in zip(*same_bytes(_digests(fc)), strict=True):
+    for a, b in zip(*same_bytes(digests(fc.path)), strict=True):
         found[int(a), int(b)] = 1.0
     order = {s: i for i, s in enumerate(SPLITS)}
     by_kind: dict[str, list[Finding]] = {"duplicate": [], "leak": []}
@@ -137,12 +135,3 @@ def _pairs(fc: FeatureCache, features: np.ndarray, similarity: float) -> dict[st
 def _class(fc: FeatureCache, row: int) -> str:
     return fc.classes[fc.labels[row]] if fc.labels[row] >= 0 else ""
 
-
-def _digests(fc: FeatureCache) -> list[str]:
-    """The sha256 of each row's file, as the cache recorded it when it was extracted."""
-    with h5py.File(fc.path, "r") as f:
-        digests = strings(f["files/sha256"])
-    if len(digests) != len(fc.paths):
-        raise CacheError(f"{fc.path} was replaced while featx read it (an extract finished "
-                         f"meanwhile): run the same command again")
-    return digests
