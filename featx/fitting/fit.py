@@ -10,6 +10,7 @@ larger one is streamed from disk a block of rows at a time, to the heads that ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -175,8 +176,9 @@ def _fitted(fc: FeatureCache, path: Path, model: str, params: dict, val_split: f
                         info=_provenance(fc, parts, chosen, val_split, seed, found, timings))
         if not (found and found.fitted):
             t0 = time.perf_counter()
-            _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params,
-                 max_memory, None if found else parts.get("val"), found)
+            with drawing.beside() if drawing else contextlib.nullcontext():
+                _fit(head, model, fc, features, fitted.get("train+val", fitted.get("train")), params,
+                     max_memory, None if found else parts.get("val"), found)
             timings["fit"] = time.perf_counter() - t0
         bundle.metrics, predictions = evaluate(bundle, features, fc.labels, fitted, size, fc.paths)
     except FeatxError:

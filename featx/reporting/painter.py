@@ -107,6 +107,18 @@ class Drawing:
         if self.helper is not None:
             self.helper.order(pictures)
 
+    def beside(self) -> contextlib.AbstractContextManager:
+        """For the work done while the helper draws: the BLAS libraries on a core fewer, as the
+        helper holds one, and a product waits for its slowest thread (on 2 cores, a 120-class
+        head's fit on train+val took 0.42 s on two threads beside the helper, 0.21 s on one)."""
+        if self.helper is None:
+            return contextlib.nullcontext()
+        from threadpoolctl import ThreadpoolController
+
+        blas = ThreadpoolController().select(user_api="blas")
+        most = max((lib.num_threads for lib in blas.lib_controllers), default=1)
+        return blas.limit(limits=max(1, min(most, _cores() - 1)))
+
     def into(self, folder: Path) -> list[str]:
         """The pictures, in ``folder``; returns their names."""
         if self.helper is not None and self.helper.drawn():
