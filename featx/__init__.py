@@ -25,12 +25,6 @@ import os
 # reads this once, at its first large allocation, so it is set before torch is imported; a value
 # the user set is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-# OpenBLAS's idle threads spin for about 0.1 s after each product before they sleep, holding a
-# core: the logistic head's search alternates its products with array work on one thread, which
-# the spinning slowed by an eighth on 2 cores (fit-head on 120 classes took 2.53 s, 2.24 s with
-# idle threads asleep at once; on flowers128 3.47 s, 3.04 s). OpenBLAS reads this as NumPy loads
-# it, so it is set before; a value the user set is kept.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .version import __version__
 

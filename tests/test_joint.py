@@ -1,12 +1,7 @@
 """The logistic head's settings trained together: each one's solution is scikit-learn's, run to
-run the same, and the heads it makes are scikit-learn's own pipelines; ``import featx`` has
-OpenBLAS's idle threads sleep rather than spin beside the trainer's own work."""
+run the same, and the heads it makes are scikit-learn's own pipelines."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -80,13 +75,3 @@ def test_the_search_trains_each_round_together_and_searches_large_caches_too(tmp
     assert r.search is not None and len(r.search.trials) == 10
     assert any("6, then 2 and 2 settings of C trained together in" in m for m in caplog.messages)
     assert featx.load_bundle(r.bundle).info["fitted_on"] == "train+val"
-
-
-@pytest.mark.parametrize("given", [None, "28"])
-def test_import_featx_has_idle_blas_threads_sleep_unless_told(given):
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if given:
-        env["OPENBLAS_THREAD_TIMEOUT"] = given
-    code = "import os, featx; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (given or "4")
