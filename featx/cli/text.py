@@ -140,7 +140,7 @@ def scored(r: ScoreResult) -> str:
         some = f"{r.n_fitted} of the {r.n_labelled}" if r.n_fitted < r.n_labelled else f"all {r.n_fitted}"
         lines.append(f"the head was fitted on {some} labelled images (known by their bytes; fit-head "
                      f"fits again on train+val after its search): their predictions are not held "
-                     f"out, fit-head's own val line is (featx info BUNDLE)")
+                     f"out; the held-out figure is fit-head's val line (featx info BUNDLE)")
         if r.held_out:
             lines.append(metrics_line("held-out", r.held_out))
         lines.append(metrics_line("all", r.metrics) + f"  (not held out) -> {plain(metrics_path(r.csv))}")
